@@ -1,0 +1,66 @@
+"""TiTok single-stage recipe: the newer VQ (8k x 64) and VAE (16 channel) tokenizers.
+
+The decoder predicts pixels directly (no proxy codes, no VQGAN).
+
+  --config=experiments/titok_single_stage.py:bl64_vq
+  --config=experiments/titok_single_stage.py:ll32_vae
+  --config=experiments/titok_single_stage.py:tiny_vq
+"""
+
+import ml_collections
+
+from titok_jax import configs
+
+# variant -> (encoder size, decoder size, num_latent_tokens, quantize_mode)
+VARIANTS = {
+    "bl64_vq": ("base", "large", 64, "vq"),
+    "bl128_vq": ("base", "large", 128, "vq"),
+    "sl256_vq": ("small", "large", 256, "vq"),
+    "ll32_vae": ("large", "large", 32, "vae"),
+    "bl64_vae": ("base", "large", 64, "vae"),
+    "bl128_vae": ("base", "large", 128, "vae"),
+    "tiny_vq": (None, None, 16, "vq"),
+    "tiny_vae": (None, None, 16, "vae"),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = configs.parse_arg(arg, VARIANTS, variant="bl64_vq")
+    encoder_size, decoder_size, num_tokens, quantize_mode = VARIANTS[arg.variant]
+    config = configs.base_config()
+    config.recipe = "single_stage"
+    config.variant = arg.variant
+
+    if encoder_size is None:  # tiny
+        model = dict(
+            image_size=32,
+            encoder_patch_size=4,
+            decoder_patch_size=4,
+            encoder_width=64,
+            encoder_depth=2,
+            encoder_num_heads=2,
+            decoder_width=64,
+            decoder_depth=2,
+            decoder_num_heads=2,
+        )
+        token_size, codebook_size = (8, 256) if quantize_mode == "vq" else (4, 0)
+    else:
+        model = dict(
+            image_size=256,
+            **configs.vit_fields("encoder", encoder_size),
+            **configs.vit_fields("decoder", decoder_size),
+        )
+        token_size, codebook_size = (64, 8192) if quantize_mode == "vq" else (16, 0)
+    model.update(
+        num_latent_tokens=num_tokens,
+        token_size=token_size,
+        quantize_mode=quantize_mode,
+        codebook_size=codebook_size,
+        use_l2_norm=False,
+        commitment_cost=0.25,
+        legacy_two_stage=False,
+        with_pixel_decoder=False,
+        dtype="float32",
+    )
+    config.model = ml_collections.ConfigDict(model)
+    return config

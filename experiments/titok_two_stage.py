@@ -1,0 +1,80 @@
+"""TiTok two-stage recipe (the released L-32 / B-64 / S-128 and the paper's 512 px models).
+
+Stage 1 trains encoder + quantizer + decoder to predict the proxy codes of a
+frozen MaskGIT VQGAN; stage 2 freezes encoder / quantizer / latent tokens and
+trains the decoder through the VQGAN pixel decoder.
+
+  --config=experiments/titok_two_stage.py:s128            stage 1 of TiTok-S-128
+  --config=experiments/titok_two_stage.py:s128,stage=2    stage 2
+  --config=experiments/titok_two_stage.py:tiny            tiny CPU model, random teacher
+"""
+
+import ml_collections
+
+from titok_jax import configs
+
+# variant -> (encoder size, decoder size, num_latent_tokens, image_size)
+VARIANTS = {
+    "l32": ("large", "large", 32, 256),
+    "b64": ("base", "base", 64, 256),
+    "s128": ("small", "small", 128, 256),
+    "l64_512": ("large", "large", 64, 512),
+    "b128_512": ("base", "base", 128, 512),
+    "tiny": None,
+}
+
+TINY_VQGAN = dict(filters=32, channel_multipliers=(1, 1, 2), num_res_blocks=1, embedding_dim=32, codebook_size=64)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = configs.parse_arg(arg, VARIANTS, variant="s128", stage=1)
+    if arg.stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {arg.stage!r}.")
+    config = configs.base_config()
+    config.recipe = f"two_stage_{arg.stage}"
+    config.variant = arg.variant
+
+    if arg.variant == "tiny":
+        vqgan = TINY_VQGAN
+        model = dict(
+            image_size=32,
+            encoder_patch_size=4,
+            decoder_patch_size=4,
+            encoder_width=64,
+            encoder_depth=2,
+            encoder_num_heads=2,
+            decoder_width=64,
+            decoder_depth=2,
+            decoder_num_heads=2,
+            num_latent_tokens=16,
+            token_size=8,
+            codebook_size=256,
+        )
+    else:
+        vqgan = configs.MASKGIT_VQGAN
+        encoder_size, decoder_size, num_tokens, image_size = VARIANTS[arg.variant]
+        model = dict(
+            image_size=image_size,
+            **configs.vit_fields("encoder", encoder_size),
+            **configs.vit_fields("decoder", decoder_size),
+            num_latent_tokens=num_tokens,
+            token_size=12,
+            codebook_size=4096,
+        )
+    model.update(
+        quantize_mode="vq",
+        use_l2_norm=True,
+        commitment_cost=0.25,
+        legacy_two_stage=True,
+        with_pixel_decoder=arg.stage == 2,
+        dtype="float32",
+        **configs.pixel_decoder_fields(vqgan),
+    )
+    config.model = ml_collections.ConfigDict(model)
+
+    # The frozen MaskGIT VQGAN whose codes are the stage-1 targets and whose
+    # decoder initialises the stage-2 pixel decoder.
+    config.teacher = ml_collections.ConfigDict(vqgan)
+    config.teacher.checkpoint = ""  # path to the MaskGIT VQGAN weights
+    config.teacher.random_init = arg.variant == "tiny"  # only the tiny model may use a random teacher
+    return config

@@ -1,0 +1,98 @@
+"""Helpers for ml_collections experiment configs: variant args, loading, validation.
+
+Experiment files live in experiments/ and define `get_config(arg)`. The arg is
+`variant[,key=value...]`, e.g. `experiments/titok_two_stage.py:s128,stage=2`.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+# ViT sizes of the official tokenizers: name -> (width, depth, num_heads).
+VIT_SIZES = {
+    "small": (512, 8, 8),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
+
+
+def vit_fields(prefix: str, size: str) -> dict[str, int]:
+    """{prefix_width, prefix_depth, prefix_num_heads} of a named ViT size."""
+    if size not in VIT_SIZES:
+        raise ValueError(f"Unknown ViT size {size!r}; valid sizes: {', '.join(VIT_SIZES)}.")
+    width, depth, heads = VIT_SIZES[size]
+    return {f"{prefix}_width": width, f"{prefix}_depth": depth, f"{prefix}_num_heads": heads}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_arg(arg: str | None, variants: Mapping[str, Any], **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses `variant[,key=value,...]` into a ConfigDict with `variant` set.
+
+    The first bare word is the variant and must be one of `variants`; keys must
+    be among `defaults`. Errors list the valid choices.
+    """
+    parsed = dict(defaults)
+    parsed["variant"] = defaults.get("variant")
+    for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+        if "=" in part:
+            key, value = (s.strip() for s in part.split("=", 1))
+            if key not in defaults:
+                raise ValueError(f"Unknown config arg {key!r} in {arg!r}; valid args: {', '.join(sorted(defaults))}.")
+            parsed[key] = _parse_value(value)
+        else:
+            parsed["variant"] = part
+    if parsed["variant"] not in variants:
+        raise ValueError(
+            f"Unknown variant {parsed['variant']!r}; valid variants: {', '.join(variants)}. "
+            "Pick one with --config=experiments/FILE.py:VARIANT."
+        )
+    return ml_collections.ConfigDict(parsed)
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/file.py[:arg]` the way absl's config_flags does."""
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Config file {path!r} does not exist (from {spec!r}).")
+    module_spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+# The MaskGIT VQGAN of the official recipes (ImageNet 256, f16, 1024 x 256 codes).
+MASKGIT_VQGAN = dict(
+    filters=128, channel_multipliers=(1, 1, 2, 2, 4), num_res_blocks=2, embedding_dim=256, codebook_size=1024
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields every experiment shares; experiment files fill in the rest."""
+    config = ml_collections.ConfigDict()
+    config.seed = 42
+    # Mesh axis sizes; -1 fills with the remaining devices.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    return config
+
+
+def pixel_decoder_fields(vqgan: Mapping[str, Any]) -> dict[str, Any]:
+    """TiTok fields of a stage-2 pixel decoder initialised from the teacher `vqgan`."""
+    return dict(
+        proxy_codebook_size=vqgan["codebook_size"],
+        pixel_decoder_filters=vqgan["filters"],
+        pixel_decoder_channel_multipliers=tuple(vqgan["channel_multipliers"]),
+        pixel_decoder_num_res_blocks=vqgan["num_res_blocks"],
+        pixel_codebook_dim=vqgan["embedding_dim"],
+    )

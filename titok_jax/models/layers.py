@@ -1,0 +1,156 @@
+"""ViT building blocks with logical axes on every parameter.
+
+The block is open_clip's ResidualAttentionBlock as TiTok uses it: pre-LN,
+x + attn(ln_1(x)), x + mlp(ln_2(x)); multi-head attention with a fused q/k/v
+projection and biases; a 4x MLP with exact GELU; LayerNorm eps 1e-5.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from titok_jax import sharding as sh
+
+Dtype = Any
+
+# Linear and conv weights: truncated normal, std 0.02; biases zero (spec "Init").
+WEIGHT_INIT = nn.initializers.truncated_normal(stddev=0.02)
+ZEROS = nn.initializers.zeros
+ONES = nn.initializers.ones
+
+
+def partitioned(init: nn.initializers.Initializer, *names: str | None) -> nn.initializers.Initializer:
+    """Shorthand for an initializer whose value carries logical axis names."""
+    return nn.with_logical_partitioning(init, names)
+
+
+def scaled_normal(scale: float) -> nn.initializers.Initializer:
+    """`scale * randn`, the init of TiTok's raw embeddings (scale = width ** -0.5)."""
+    return nn.initializers.normal(stddev=scale)
+
+
+def layer_norm(axis_name: str, name: str, dtype: Dtype, epsilon: float = 1e-5) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=epsilon,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        scale_init=partitioned(ONES, axis_name),
+        bias_init=partitioned(ZEROS, axis_name),
+        name=name,
+    )
+
+
+def dense(
+    features: int,
+    in_axis: str | None,
+    out_axis: str | None,
+    name: str,
+    dtype: Dtype,
+    use_bias: bool = True,
+    kernel_init: nn.initializers.Initializer = WEIGHT_INIT,
+) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=partitioned(kernel_init, in_axis, out_axis),
+        bias_init=partitioned(ZEROS, out_axis),
+        name=name,
+    )
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with one fused q/k/v projection (torch MultiheadAttention layout).
+
+    The fused kernel is (width, 3, heads, head_dim): torch's in_proj_weight
+    (3*width, width), transposed and reshaped, with q, k, v in that order.
+    """
+
+    num_heads: int
+    use_qkv_bias: bool = True
+    dtype: Dtype = jnp.float32
+    attention_impl: str | None = None  # None lets XLA / cuDNN choose.
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"Width {width} is not divisible by num_heads={self.num_heads}.")
+        head_dim = width // self.num_heads
+        qkv = nn.DenseGeneral(
+            features=(3, self.num_heads, head_dim),
+            use_bias=self.use_qkv_bias,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=partitioned(WEIGHT_INIT, sh.EMBED, sh.QKV, sh.HEADS, sh.HEAD_DIM),
+            bias_init=partitioned(ZEROS, sh.QKV, sh.HEADS, sh.HEAD_DIM),
+            name="qkv",
+        )(x)
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out = jax.nn.dot_product_attention(query, key, value, implementation=self.attention_impl)
+        out = nn.with_logical_constraint(out, (sh.BATCH, sh.LENGTH, sh.HEADS, sh.HEAD_DIM))
+        return nn.DenseGeneral(
+            features=width,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=partitioned(WEIGHT_INIT, sh.HEADS, sh.HEAD_DIM, sh.EMBED),
+            bias_init=partitioned(ZEROS, sh.EMBED),
+            name="out",
+        )(out)
+
+
+class Mlp(nn.Module):
+    """Linear -> exact GELU -> Linear."""
+
+    hidden_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        h = dense(self.hidden_dim, sh.EMBED, sh.MLP, "fc", self.dtype)(x)
+        h = nn.gelu(h, approximate=False)
+        h = nn.with_logical_constraint(h, (sh.BATCH, sh.LENGTH, sh.MLP))
+        return dense(width, sh.MLP, sh.EMBED, "proj", self.dtype)(h)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LN transformer block: x + attn(ln_1 x); x + mlp(ln_2 x)."""
+
+    num_heads: int
+    mlp_ratio: float = 4.0
+    dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        h = layer_norm(sh.EMBED, "ln_1", self.dtype)(x)
+        x = x + MultiHeadAttention(self.num_heads, dtype=self.dtype, attention_impl=self.attention_impl, name="attn")(h)
+        h = layer_norm(sh.EMBED, "ln_2", self.dtype)(x)
+        x = x + Mlp(int(width * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
+        return nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
+
+
+class Transformer(nn.Module):
+    """A stack of `depth` residual attention blocks named block_0 .. block_{depth-1}."""
+
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(self.depth):
+            x = ResidualAttentionBlock(
+                self.num_heads, self.mlp_ratio, self.dtype, self.attention_impl, name=f"block_{i}"
+            )(x)
+        return x

@@ -1,0 +1,387 @@
+"""TiTok: a ViT that turns an image into a short 1D sequence of tokens, and back.
+
+Layouts (channels-last throughout):
+  images   (batch, image_size, image_size, 3) floats in [0, 1]
+  latents  (batch, num_latent_tokens, token_size)  -- the official (B, token_size, 1, K)
+  tokens   (batch, num_latent_tokens) int code indices (VQ) or the latents themselves (VAE)
+
+Two forms are built from the same fields:
+  * legacy two-stage (released L-32 / B-64 / S-128): the encoder's latent reshape
+    quirk and a decoder head that predicts logits over the MaskGIT-VQGAN's 1024
+    proxy codes (stage 1); with `with_pixel_decoder` (stage 2 / inference) the
+    softmax of those logits soft-embeds the VQGAN codebook and the MaskGIT VQGAN
+    decoder renders pixels.
+  * single-stage (VQ or VAE): a pixel head (1x1 conv -> depth-to-space -> 3x3 conv).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from titok_jax import sharding as sh
+from titok_jax.models.layers import (
+    WEIGHT_INIT,
+    ZEROS,
+    Transformer,
+    dense,
+    layer_norm,
+    partitioned,
+    scaled_normal,
+)
+from titok_jax.models.quantizers import DiagonalGaussian, VectorQuantizer
+from titok_jax.models.vqgan import VQGANDecoder, VQGANQuantizer
+
+Dtype = Any
+QUANTIZE_MODES = ("vq", "vae")
+
+
+def _embedding_param(module: nn.Module, name: str, shape: tuple[int, ...], names: tuple[str | None, ...]) -> jax.Array:
+    """A raw embedding initialised as width**-0.5 * randn (official init)."""
+    scale = shape[-1] ** -0.5
+    return module.param(name, partitioned(scaled_normal(scale), *names), shape, jnp.float32)
+
+
+def _broadcast_batch(x: jax.Array, batch: int) -> jax.Array:
+    return jnp.broadcast_to(x[None], (batch, *x.shape))
+
+
+class TiTokEncoder(nn.Module):
+    """Patches + learned latent tokens through a ViT; the latent outputs become tokens.
+
+    Sequence order: [class | grid*grid patches | num_latent_tokens latents].
+    Returns (batch, num_latent_tokens, output_channels).
+    """
+
+    image_size: int
+    patch_size: int
+    width: int
+    depth: int
+    num_heads: int
+    num_latent_tokens: int
+    output_channels: int
+    legacy_reshape: bool = False
+    dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, images: jax.Array, latent_tokens: jax.Array) -> jax.Array:
+        batch = images.shape[0]
+        grid = self.image_size // self.patch_size
+        x = nn.Conv(
+            self.width,
+            (self.patch_size, self.patch_size),
+            strides=(self.patch_size, self.patch_size),
+            padding="VALID",
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=partitioned(WEIGHT_INIT, sh.KERNEL_SPATIAL, sh.KERNEL_SPATIAL, sh.CHANNELS, sh.EMBED),
+            bias_init=partitioned(ZEROS, sh.EMBED),
+            name="patch_embed",
+        )(images.astype(self.dtype))
+        x = x.reshape(batch, grid * grid, self.width)
+
+        class_embedding = _embedding_param(self, "class_embedding", (1, self.width), (None, sh.EMBED))
+        positional_embedding = _embedding_param(
+            self, "positional_embedding", (grid * grid + 1, self.width), (sh.LENGTH, sh.EMBED)
+        )
+        latent_positional_embedding = _embedding_param(
+            self, "latent_token_positional_embedding", (self.num_latent_tokens, self.width), (sh.LENGTH, sh.EMBED)
+        )
+        x = jnp.concatenate([_broadcast_batch(class_embedding.astype(self.dtype), batch), x], axis=1)
+        x = x + positional_embedding.astype(self.dtype)
+        latents = (latent_tokens + latent_positional_embedding).astype(self.dtype)
+        x = jnp.concatenate([x, _broadcast_batch(latents, batch)], axis=1)
+        x = nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
+
+        x = layer_norm(sh.EMBED, "ln_pre", self.dtype)(x)
+        x = Transformer(
+            self.depth, self.num_heads, dtype=self.dtype, attention_impl=self.attention_impl, name="transformer"
+        )(x)
+        latents = layer_norm(sh.EMBED, "ln_post", self.dtype)(x[:, 1 + grid * grid :])
+        if self.legacy_reshape:
+            # Released two-stage checkpoints reshape (B, K, W) -> (B, W, K) without a
+            # transpose before the 1x1 conv_out; reproduce it to stay compatible.
+            latents = latents.reshape(batch, self.width, self.num_latent_tokens).transpose(0, 2, 1)
+        return dense(self.output_channels, sh.EMBED, sh.TOKEN, "conv_out", self.dtype)(latents)
+
+
+class TiTokDecoder(nn.Module):
+    """Latent tokens + grid*grid mask tokens through a ViT; the mask outputs become the image.
+
+    Sequence order: [class | grid*grid mask tokens | latents]. Head `proxy_codes`
+    returns float32 logits (batch, grid, grid, proxy_codebook_size); head `pixels`
+    returns (batch, image_size, image_size, 3).
+    """
+
+    image_size: int
+    patch_size: int
+    width: int
+    depth: int
+    num_heads: int
+    num_latent_tokens: int
+    head: str = "pixels"
+    proxy_codebook_size: int = 1024
+    dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, latents: jax.Array) -> jax.Array:
+        batch, length, _ = latents.shape
+        grid = self.image_size // self.patch_size
+        x = dense(self.width, sh.TOKEN, sh.EMBED, "decoder_embed", self.dtype)(latents.astype(self.dtype))
+
+        class_embedding = _embedding_param(self, "class_embedding", (1, self.width), (None, sh.EMBED))
+        positional_embedding = _embedding_param(
+            self, "positional_embedding", (grid * grid + 1, self.width), (sh.LENGTH, sh.EMBED)
+        )
+        mask_token = _embedding_param(self, "mask_token", (1, 1, self.width), (None, None, sh.EMBED))
+        latent_positional_embedding = _embedding_param(
+            self, "latent_token_positional_embedding", (self.num_latent_tokens, self.width), (sh.LENGTH, sh.EMBED)
+        )
+        queries = jnp.broadcast_to(mask_token.astype(self.dtype), (batch, grid * grid, self.width))
+        queries = jnp.concatenate([_broadcast_batch(class_embedding.astype(self.dtype), batch), queries], axis=1)
+        queries = queries + positional_embedding.astype(self.dtype)
+        x = x + latent_positional_embedding[:length].astype(self.dtype)
+        x = jnp.concatenate([queries, x], axis=1)
+        x = nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
+
+        x = layer_norm(sh.EMBED, "ln_pre", self.dtype)(x)
+        x = Transformer(
+            self.depth, self.num_heads, dtype=self.dtype, attention_impl=self.attention_impl, name="transformer"
+        )(x)
+        x = layer_norm(sh.EMBED, "ln_post", self.dtype)(x[:, 1 : 1 + grid * grid])
+        x = x.reshape(batch, grid, grid, self.width)
+
+        if self.head == "proxy_codes":
+            x = jnp.tanh(dense(2 * self.width, sh.EMBED, sh.MLP, "ffn_hidden", self.dtype)(x))
+            logits = dense(self.proxy_codebook_size, sh.MLP, sh.CODEBOOK, "ffn_logits", self.dtype)(x)
+            return logits.astype(jnp.float32)
+        # Pixel head: 1x1 conv to patch*patch*3 channels read as (p1, p2, c), then depth-to-space.
+        p = self.patch_size
+        x = dense(p * p * 3, sh.EMBED, None, "ffn_pixels", self.dtype)(x)
+        x = x.reshape(batch, grid, grid, p, p, 3).transpose(0, 1, 3, 2, 4, 5)
+        x = x.reshape(batch, grid * p, grid * p, 3)
+        return nn.Conv(
+            3,
+            (3, 3),
+            padding=1,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=partitioned(WEIGHT_INIT, sh.KERNEL_SPATIAL, sh.KERNEL_SPATIAL, sh.CHANNELS, sh.CHANNELS),
+            bias_init=partitioned(ZEROS, sh.CHANNELS),
+            name="conv_out",
+        )(x)
+
+
+class TiTok(nn.Module):
+    """The TiTok tokenizer: encoder, quantizer and decoder (plus the stage-2 pixel decoder).
+
+    Fields mirror the official `model.vq_model` config; see experiments/ for
+    the released variants. Params are float32; `dtype` is the compute dtype of
+    the ViTs and the pixel decoder; quantizers and logits run in float32.
+    """
+
+    image_size: int = 256
+    encoder_patch_size: int = 16
+    decoder_patch_size: int = 16
+    encoder_width: int = 512
+    encoder_depth: int = 8
+    encoder_num_heads: int = 8
+    decoder_width: int = 512
+    decoder_depth: int = 8
+    decoder_num_heads: int = 8
+    num_latent_tokens: int = 128
+    token_size: int = 12
+    quantize_mode: str = "vq"
+    codebook_size: int = 4096
+    use_l2_norm: bool = True
+    commitment_cost: float = 0.25
+    # Released two-stage form: encoder reshape quirk + proxy-code head.
+    legacy_two_stage: bool = True
+    proxy_codebook_size: int = 1024
+    # Stage 2 / inference of the two-stage form: soft-embed + MaskGIT VQGAN decoder.
+    with_pixel_decoder: bool = False
+    pixel_decoder_filters: int = 128
+    pixel_decoder_channel_multipliers: Sequence[int] = (1, 1, 2, 2, 4)
+    pixel_decoder_num_res_blocks: int = 2
+    pixel_codebook_dim: int = 256
+    dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
+
+    def setup(self):
+        validate_fields(self)
+        self.latent_tokens = _embedding_param(
+            self, "latent_tokens", (self.num_latent_tokens, self.encoder_width), (sh.LENGTH, sh.EMBED)
+        )
+        self.encoder = TiTokEncoder(
+            image_size=self.image_size,
+            patch_size=self.encoder_patch_size,
+            width=self.encoder_width,
+            depth=self.encoder_depth,
+            num_heads=self.encoder_num_heads,
+            num_latent_tokens=self.num_latent_tokens,
+            output_channels=self.token_size * (2 if self.quantize_mode == "vae" else 1),
+            legacy_reshape=self.legacy_two_stage,
+            dtype=self.dtype,
+            attention_impl=self.attention_impl,
+        )
+        if self.quantize_mode == "vq":
+            self.quantize = VectorQuantizer(self.codebook_size, self.token_size, self.commitment_cost, self.use_l2_norm)
+        else:
+            self.quantize = DiagonalGaussian(self.token_size)
+        self.decoder = TiTokDecoder(
+            image_size=self.image_size,
+            patch_size=self.decoder_patch_size,
+            width=self.decoder_width,
+            depth=self.decoder_depth,
+            num_heads=self.decoder_num_heads,
+            num_latent_tokens=self.num_latent_tokens,
+            head="proxy_codes" if self.legacy_two_stage else "pixels",
+            proxy_codebook_size=self.proxy_codebook_size,
+            dtype=self.dtype,
+            attention_impl=self.attention_impl,
+        )
+        if self.with_pixel_decoder:
+            self.pixel_quantize = VQGANQuantizer(self.proxy_codebook_size, self.pixel_codebook_dim)
+            self.pixel_decoder = VQGANDecoder(
+                filters=self.pixel_decoder_filters,
+                channel_multipliers=tuple(self.pixel_decoder_channel_multipliers),
+                num_res_blocks=self.pixel_decoder_num_res_blocks,
+                dtype=self.dtype,
+            )
+
+    # ---- shapes -------------------------------------------------------------
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, 3)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return (self.num_latent_tokens, self.token_size)
+
+    @property
+    def decodes_to_pixels(self) -> bool:
+        return not self.legacy_two_stage or self.with_pixel_decoder
+
+    # ---- public API -----------------------------------------------------------
+    def encode(self, images: jax.Array, sample_posterior: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Pixels -> (latents (B, K, token_size), quantizer outputs).
+
+        VQ outputs: indices (B, K) and the quantizer/commitment/codebook losses.
+        VAE outputs: mean, logvar and per-example kl; `sample_posterior=False`
+        returns the mean (needs no rng), else a draw from the 'noise' rng.
+        """
+        check_images(images, self.image_shape, "TiTok.encode")
+        features = self.encoder(images, self.latent_tokens)
+        if self.quantize_mode == "vq":
+            return self.quantize(features)
+        return self.quantize(features, sample=sample_posterior)
+
+    def decode(self, latents: jax.Array) -> jax.Array:
+        """Latents (B, K, token_size) -> pixels (B, H, W, 3), or float32 proxy-code
+        logits (B, grid, grid, proxy_codebook_size) for a stage-1 two-stage model."""
+        if latents.ndim != 3 or latents.shape[-1] != self.token_size or latents.shape[1] > self.num_latent_tokens:
+            raise ValueError(
+                f"TiTok.decode expects latents of shape (batch, {self.num_latent_tokens}, {self.token_size}); "
+                f"got {latents.shape}."
+            )
+        decoded = self.decoder(latents)
+        if not self.with_pixel_decoder:
+            return decoded
+        soft_codes = jax.nn.softmax(decoded, axis=-1)
+        features = jnp.einsum(
+            "bhwn,nd->bhwd", soft_codes, self.pixel_quantize.codebook, precision=jax.lax.Precision.HIGHEST
+        )
+        return self.pixel_decoder(features.astype(self.dtype))
+
+    def decode_tokens(self, tokens: jax.Array) -> jax.Array:
+        """Tokens -> what `decode` returns. VQ: int indices (B, K) or (B, 1, K);
+        VAE: the continuous latents (B, K, token_size)."""
+        if self.quantize_mode == "vae":
+            return self.decode(tokens)
+        if tokens.ndim == 3 and tokens.shape[1] == 1:
+            tokens = tokens[:, 0]
+        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(
+                f"TiTok.decode_tokens expects integer token ids of shape (batch, {self.num_latent_tokens}); "
+                f"got {tokens.dtype} {tokens.shape}."
+            )
+        return self.decode(self.quantize.codebook_entries(tokens))
+
+    def __call__(self, images: jax.Array, sample_posterior: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+        latents, info = self.encode(images, sample_posterior=sample_posterior)
+        return self.decode(latents), info
+
+
+def check_images(images: jax.Array, expected_shape: tuple[int, int, int], where: str) -> None:
+    """Raises a ValueError that names the expected layout when images do not fit it."""
+    expected = f"float images of shape (batch, {', '.join(map(str, expected_shape))}) (NHWC) with values in [0, 1]"
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(expected_shape):
+        hint = ""
+        if images.ndim == 4 and images.shape[1] == expected_shape[2] and images.shape[-1] != expected_shape[2]:
+            hint = " The input looks channels-first (NCHW): transpose it to NHWC."
+        raise ValueError(f"{where} expects {expected}; got shape {tuple(images.shape)}.{hint}")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(
+            f"{where} expects {expected}; got dtype {images.dtype}. "
+            "Convert uint8 pixels with images.astype(jnp.float32) / 255."
+        )
+
+
+def validate_fields(model: TiTok) -> None:
+    """Checks that the fields describe a buildable model; raises ValueError naming the field."""
+    problems = []
+    if model.quantize_mode not in QUANTIZE_MODES:
+        problems.append(f"quantize_mode={model.quantize_mode!r} is not one of {QUANTIZE_MODES}")
+    if model.quantize_mode == "vq" and model.codebook_size <= 0:
+        problems.append(f"quantize_mode='vq' needs codebook_size > 0, got {model.codebook_size}")
+    if model.num_latent_tokens <= 0 or model.token_size <= 0:
+        problems.append(
+            f"num_latent_tokens={model.num_latent_tokens} and token_size={model.token_size} must be positive"
+        )
+    for name in ("encoder_patch_size", "decoder_patch_size"):
+        patch = getattr(model, name)
+        if patch <= 0 or model.image_size % patch:
+            problems.append(f"image_size={model.image_size} is not divisible by {name}={patch}")
+    for part in ("encoder", "decoder"):
+        width, heads = getattr(model, f"{part}_width"), getattr(model, f"{part}_num_heads")
+        if heads <= 0 or width % heads:
+            problems.append(f"{part}_width={width} is not divisible by {part}_num_heads={heads}")
+    if model.with_pixel_decoder:
+        if not model.legacy_two_stage or model.quantize_mode != "vq":
+            problems.append(
+                "with_pixel_decoder needs the two-stage VQ form (legacy_two_stage=True, quantize_mode='vq')"
+            )
+        factor = 2 ** (len(model.pixel_decoder_channel_multipliers) - 1)
+        if factor != model.decoder_patch_size:
+            problems.append(
+                f"the pixel decoder upsamples by {factor} (pixel_decoder_channel_multipliers="
+                f"{tuple(model.pixel_decoder_channel_multipliers)}) but decoder_patch_size={model.decoder_patch_size}"
+            )
+    if problems:
+        raise ValueError("Invalid TiTok config: " + "; ".join(problems) + ".")
+
+
+TITOK_FIELDS = tuple(f.name for f in dataclasses.fields(TiTok) if f.name not in ("parent", "name"))
+
+
+def titok_from_config(model_config: Any, **overrides: Any) -> TiTok:
+    """Builds TiTok from a mapping of its fields (e.g. `config.model`), rejecting unknown keys."""
+    fields = dict(model_config)
+    fields.update(overrides)
+    unknown = sorted(set(fields) - set(TITOK_FIELDS))
+    if unknown:
+        raise ValueError(f"Unknown TiTok model field(s) {unknown}. Valid fields: {', '.join(TITOK_FIELDS)}.")
+    if "pixel_decoder_channel_multipliers" in fields:
+        fields["pixel_decoder_channel_multipliers"] = tuple(fields["pixel_decoder_channel_multipliers"])
+    if isinstance(fields.get("dtype"), str):
+        fields["dtype"] = jnp.dtype(fields["dtype"])
+    model = TiTok(**fields)
+    validate_fields(model)
+    return model

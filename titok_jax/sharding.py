@@ -1,0 +1,131 @@
+"""Mesh, logical axis names and the rules that map them onto mesh axes.
+
+Every parameter in titok_jax carries logical axis names (the constants below).
+A run maps them onto the physical mesh axes `data`, `fsdp` and `tensor` with a
+list of rules from its config, so one code path serves 1 CPU, 8 fake devices,
+a GPU box and a TPU pod.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+# Physical mesh axes, outermost first.
+DATA = "data"
+FSDP = "fsdp"
+TENSOR = "tensor"
+MESH_AXES = (DATA, FSDP, TENSOR)
+
+# Logical axis names of parameters and activations.
+BATCH = "batch"
+LENGTH = "length"  # token sequence
+EMBED = "embed"  # transformer width
+MLP = "mlp"  # transformer MLP hidden
+HEADS = "heads"
+HEAD_DIM = "head_dim"
+QKV = "qkv"  # the stacked q/k/v axis of a fused projection
+TOKEN = "token"  # quantizer token channels (token_size)
+CODEBOOK = "codebook"  # codebook entries / logits over codes
+CONV_IN = "conv_in"
+CONV_OUT = "conv_out"
+KERNEL_SPATIAL = "kernel_spatial"
+NORM = "norm"  # scales and biases of norms inside conv nets
+IMAGE_HEIGHT = "image_height"
+IMAGE_WIDTH = "image_width"
+CHANNELS = "channels"
+
+LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+# FSDP shards the large weight axes; tensor parallelism splits MLP and heads.
+# A rule naming a mesh axis of size 1 is a no-op, so these defaults serve
+# every mesh shape.
+DEFAULT_RULES: LogicalRules = (
+    (BATCH, (DATA, FSDP)),
+    (LENGTH, None),
+    (EMBED, FSDP),
+    (MLP, TENSOR),
+    (HEADS, TENSOR),
+    (HEAD_DIM, None),
+    (QKV, None),
+    (TOKEN, None),
+    (CODEBOOK, TENSOR),
+    (CONV_IN, FSDP),
+    (CONV_OUT, TENSOR),
+    (KERNEL_SPATIAL, None),
+    (NORM, None),
+    (IMAGE_HEIGHT, None),
+    (IMAGE_WIDTH, None),
+    (CHANNELS, None),
+)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds a (data, fsdp, tensor) mesh; one of the sizes may be -1 (fill).
+
+    Axis types are Auto: with this jax, `jax.make_mesh` defaults to Explicit
+    axes, under which a sharded train step fails on sharded contractions.
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"At most one mesh axis may be -1 (fill), got data={data} fsdp={fsdp} tensor={tensor}.")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(
+                f"Cannot fill the mesh: {len(devices)} devices are not divisible by the fixed axes "
+                f"(data={data}, fsdp={fsdp}, tensor={tensor})."
+            )
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(
+            f"Mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs {int(np.prod(sizes))} devices, "
+            f"but {len(devices)} are available. Set one axis to -1 to fill the rest."
+        )
+    return jax.make_mesh(
+        tuple(sizes),
+        MESH_AXES,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+        devices=devices,
+    )
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
+    """NamedShardings for a tree of (possibly boxed) abstract values."""
+    specs = nn.get_partition_spec(abstract_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def init_sharded(
+    init_fn: Callable[..., Any], mesh: Mesh, *args: Any, rules: LogicalRules = DEFAULT_RULES
+) -> tuple[Any, Any]:
+    """Runs `init_fn(*args)` so that its outputs are created in their shardings.
+
+    eval_shape gives the boxed abstract tree, whose logical names the rules turn
+    into shardings; the jitted init then writes each leaf straight into its
+    shards (no full copy on any device). Returns (unboxed values, shardings).
+    """
+    abstract = jax.eval_shape(init_fn, *args)
+    shardings = logical_shardings(abstract, mesh, rules)
+
+    def unboxed_init(*a):
+        return nn.meta.unbox(init_fn(*a))
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        values = jax.jit(unboxed_init, out_shardings=shardings)(*args)
+    return values, shardings
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Shards the leading (batch) axis over data and fsdp."""
+    return NamedSharding(mesh, PartitionSpec((DATA, FSDP), *([None] * (ndim - 1))))
