@@ -116,7 +116,7 @@ class TiTokDecoder(nn.Module):
 
     Sequence order: [class | grid*grid mask tokens | latents]. Head `proxy_codes`
     returns float32 logits (batch, grid, grid, proxy_codebook_size); head `pixels`
-    returns (batch, image_size, image_size, 3).
+    returns float32 pixels (batch, image_size, image_size, 3).
     """
 
     image_size: int
@@ -176,7 +176,7 @@ class TiTokDecoder(nn.Module):
             kernel_init=partitioned(WEIGHT_INIT, sh.KERNEL_SPATIAL, sh.KERNEL_SPATIAL, sh.CHANNELS, sh.CHANNELS),
             bias_init=partitioned(ZEROS, sh.CHANNELS),
             name="conv_out",
-        )(x)
+        )(x).astype(jnp.float32)
 
 
 class TiTok(nn.Module):
@@ -298,7 +298,7 @@ class TiTok(nn.Module):
         features = jnp.einsum(
             "bhwn,nd->bhwd", soft_codes, self.pixel_quantize.codebook, precision=jax.lax.Precision.HIGHEST
         )
-        return self.pixel_decoder(features.astype(self.dtype))
+        return self.pixel_decoder(features.astype(self.dtype)).astype(jnp.float32)
 
     def decode_tokens(self, tokens: jax.Array) -> jax.Array:
         """Tokens -> what `decode` returns. VQ: int indices (B, K) or (B, 1, K);

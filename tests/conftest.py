@@ -1,0 +1,20 @@
+"""Test set-up: 8 fake CPU devices so every sharding path runs on one machine."""
+
+import os
+import pathlib
+import sys
+
+# Must happen before jax initialises its backends.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _eight_devices():
+    assert jax.device_count() == 8, f"tests expect 8 fake CPU devices, got {jax.devices()}"

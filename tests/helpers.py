@@ -1,0 +1,32 @@
+"""Shared test helpers."""
+
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from titok_jax.configs import load_config
+from titok_jax.models.titok import TiTok, titok_from_config
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+
+TWO_STAGE = str(EXPERIMENTS / "titok_two_stage.py")
+SINGLE_STAGE = str(EXPERIMENTS / "titok_single_stage.py")
+
+RNGS = {"params": jax.random.PRNGKey(0), "noise": jax.random.PRNGKey(1)}
+
+
+def model_for(spec: str) -> TiTok:
+    """`file:arg` relative to experiments/ -> TiTok."""
+    name, _, arg = spec.partition(":")
+    return titok_from_config(load_config(f"{EXPERIMENTS / name}:{arg}").model)
+
+
+def abstract_params(model: TiTok):
+    images = jax.ShapeDtypeStruct((1, *model.image_shape), jnp.float32)
+    return nn.meta.unbox(jax.eval_shape(lambda x: model.init(RNGS, x), images))
+
+
+def count_params(tree) -> int:
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
