@@ -32,9 +32,9 @@ def _np_block(x, p, num_heads):
     """open_clip ResidualAttentionBlock with torch-layout weights (in_proj (3W, W), linears (out, in))."""
     width = x.shape[-1]
     head_dim = width // num_heads
-    in_proj_weight = np.asarray(p["attn"]["qkv"]["kernel"]).reshape(width, 3 * width).T
-    in_proj_bias = np.asarray(p["attn"]["qkv"]["bias"]).reshape(3 * width)
-    out_proj_weight = np.asarray(p["attn"]["out"]["kernel"]).reshape(width, width).T
+    in_proj_weight = np.asarray(p["attn"]["qkv_kernel"]).reshape(width, 3 * width).T
+    in_proj_bias = np.asarray(p["attn"]["qkv_bias"]).reshape(3 * width)
+    out_proj_weight = np.asarray(p["attn"]["out_kernel"]).reshape(width, width).T
 
     h = _np_layer_norm(x, p["ln_1"]["scale"], p["ln_1"]["bias"])
     qkv = h @ in_proj_weight.T + in_proj_bias
@@ -44,7 +44,7 @@ def _np_block(x, p, num_heads):
     weights = np.exp(scores - scores.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
     attn = (weights @ split(v)).transpose(0, 2, 1, 3).reshape(x.shape)
-    x = x + attn @ out_proj_weight.T + np.asarray(p["attn"]["out"]["bias"])
+    x = x + attn @ out_proj_weight.T + np.asarray(p["attn"]["out_bias"])
 
     h = _np_layer_norm(x, p["ln_2"]["scale"], p["ln_2"]["bias"])
     h = h @ np.asarray(p["mlp"]["fc"]["kernel"]) + np.asarray(p["mlp"]["fc"]["bias"])

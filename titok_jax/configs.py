@@ -96,3 +96,38 @@ def pixel_decoder_fields(vqgan: Mapping[str, Any]) -> dict[str, Any]:
         pixel_decoder_num_res_blocks=vqgan["num_res_blocks"],
         pixel_codebook_dim=vqgan["embedding_dim"],
     )
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks a config before anything compiles; raises ValueError naming the problem."""
+    from titok_jax.models.titok import titok_from_config  # models never import configs
+
+    for key in ("seed", "mesh", "model", "recipe"):
+        if key not in config:
+            raise ValueError(f"Config is missing the top-level field {key!r}.")
+    mesh_keys = set(config.mesh.keys())
+    if mesh_keys != {"data", "fsdp", "tensor"}:
+        raise ValueError(f"config.mesh must have exactly data, fsdp and tensor; got {sorted(mesh_keys)}.")
+    for axis, size in config.mesh.items():
+        if not isinstance(size, int) or (size < 1 and size != -1):
+            raise ValueError(f"config.mesh.{axis} must be a positive int or -1 (fill), got {size!r}.")
+    model = titok_from_config(config.model)
+    if config.recipe.startswith("two_stage"):
+        if not model.legacy_two_stage:
+            raise ValueError("The two-stage recipe needs model.legacy_two_stage=True.")
+        teacher = config.teacher
+        factor = 2 ** (len(teacher.channel_multipliers) - 1)
+        if factor != model.decoder_patch_size:
+            raise ValueError(
+                f"The teacher VQGAN downsamples by {factor} but model.decoder_patch_size={model.decoder_patch_size}: "
+                "its proxy codes would not line up with the decoder grid."
+            )
+        if teacher.codebook_size != model.proxy_codebook_size:
+            raise ValueError(
+                f"teacher.codebook_size={teacher.codebook_size} differs from "
+                f"model.proxy_codebook_size={model.proxy_codebook_size}."
+            )
+        if model.with_pixel_decoder and pixel_decoder_fields(teacher) != {
+            k: getattr(model, k) for k in pixel_decoder_fields(teacher)
+        }:
+            raise ValueError("The stage-2 pixel decoder fields of config.model must equal the teacher VQGAN's.")

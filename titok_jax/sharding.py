@@ -34,7 +34,8 @@ TOKEN = "token"  # quantizer token channels (token_size)
 CODEBOOK = "codebook"  # codebook entries / logits over codes
 CONV_IN = "conv_in"
 CONV_OUT = "conv_out"
-KERNEL_SPATIAL = "kernel_spatial"
+KERNEL_HEIGHT = "kernel_height"
+KERNEL_WIDTH = "kernel_width"
 NORM = "norm"  # scales and biases of norms inside conv nets
 IMAGE_HEIGHT = "image_height"
 IMAGE_WIDTH = "image_width"
@@ -57,7 +58,8 @@ DEFAULT_RULES: LogicalRules = (
     (CODEBOOK, TENSOR),
     (CONV_IN, FSDP),
     (CONV_OUT, TENSOR),
-    (KERNEL_SPATIAL, None),
+    (KERNEL_HEIGHT, None),
+    (KERNEL_WIDTH, None),
     (NORM, None),
     (IMAGE_HEIGHT, None),
     (IMAGE_WIDTH, None),
@@ -96,10 +98,32 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
     )
 
 
+def _fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """Drops the mesh axes of any dimension they do not divide evenly (e.g. 3 RGB channels)."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = int(np.prod([mesh.shape[n] for n in names])) if names else 1
+        fitted.append(axes if dim % size == 0 else None)
+    return PartitionSpec(*fitted)
+
+
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
-    """NamedShardings for a tree of (possibly boxed) abstract values."""
+    """NamedShardings for a tree of (possibly boxed) abstract values.
+
+    Logical names map to mesh axes by `rules`; a dimension the mesh axes do not
+    divide is replicated instead of failing, so one rule set serves every shape.
+    """
     specs = nn.get_partition_spec(abstract_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    shapes = jax.tree.map(lambda x: x.shape, nn.meta.unbox(abstract_tree))
+    is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+    logical_specs = jax.tree.map(lambda s: nn.logical_to_mesh_axes(tuple(s), rules), specs, is_leaf=is_spec)
+    return jax.tree.map(
+        lambda spec, shape: NamedSharding(mesh, _fit_spec(spec, shape, mesh)),
+        logical_specs,
+        shapes,
+        is_leaf=is_spec,
+    )
 
 
 def init_sharded(
@@ -117,7 +141,7 @@ def init_sharded(
     def unboxed_init(*a):
         return nn.meta.unbox(init_fn(*a))
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh):
         values = jax.jit(unboxed_init, out_shardings=shardings)(*args)
     return values, shardings
 

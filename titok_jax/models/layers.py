@@ -69,6 +69,8 @@ class MultiHeadAttention(nn.Module):
 
     The fused kernel is (width, 3, heads, head_dim): torch's in_proj_weight
     (3*width, width), transposed and reshaped, with q, k, v in that order.
+    Params are created at their full rank (not flattened, as DenseGeneral does)
+    so each axis keeps its logical name under a mesh.
     """
 
     num_heads: int
@@ -82,27 +84,28 @@ class MultiHeadAttention(nn.Module):
         if width % self.num_heads:
             raise ValueError(f"Width {width} is not divisible by num_heads={self.num_heads}.")
         head_dim = width // self.num_heads
-        qkv = nn.DenseGeneral(
-            features=(3, self.num_heads, head_dim),
-            use_bias=self.use_qkv_bias,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=partitioned(WEIGHT_INIT, sh.EMBED, sh.QKV, sh.HEADS, sh.HEAD_DIM),
-            bias_init=partitioned(ZEROS, sh.QKV, sh.HEADS, sh.HEAD_DIM),
-            name="qkv",
-        )(x)
+        qkv_shape = (3, self.num_heads, head_dim)
+        qkv_kernel = self.param(
+            "qkv_kernel",
+            partitioned(WEIGHT_INIT, sh.EMBED, sh.QKV, sh.HEADS, sh.HEAD_DIM),
+            (width, *qkv_shape),
+            jnp.float32,
+        )
+        qkv = jnp.einsum("bld,dkhe->blkhe", x.astype(self.dtype), qkv_kernel.astype(self.dtype))
+        if self.use_qkv_bias:
+            qkv_bias = self.param("qkv_bias", partitioned(ZEROS, sh.QKV, sh.HEADS, sh.HEAD_DIM), qkv_shape, jnp.float32)
+            qkv = qkv + qkv_bias.astype(self.dtype)
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         out = jax.nn.dot_product_attention(query, key, value, implementation=self.attention_impl)
         out = nn.with_logical_constraint(out, (sh.BATCH, sh.LENGTH, sh.HEADS, sh.HEAD_DIM))
-        return nn.DenseGeneral(
-            features=width,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=partitioned(WEIGHT_INIT, sh.HEADS, sh.HEAD_DIM, sh.EMBED),
-            bias_init=partitioned(ZEROS, sh.EMBED),
-            name="out",
-        )(out)
+        out_kernel = self.param(
+            "out_kernel",
+            partitioned(WEIGHT_INIT, sh.HEADS, sh.HEAD_DIM, sh.EMBED),
+            (self.num_heads, head_dim, width),
+            jnp.float32,
+        )
+        out_bias = self.param("out_bias", partitioned(ZEROS, sh.EMBED), (width,), jnp.float32)
+        return jnp.einsum("blhe,hed->bld", out, out_kernel.astype(self.dtype)) + out_bias.astype(self.dtype)
 
 
 class Mlp(nn.Module):

@@ -80,7 +80,7 @@ class TiTokEncoder(nn.Module):
             padding="VALID",
             dtype=self.dtype,
             param_dtype=jnp.float32,
-            kernel_init=partitioned(WEIGHT_INIT, sh.KERNEL_SPATIAL, sh.KERNEL_SPATIAL, sh.CHANNELS, sh.EMBED),
+            kernel_init=partitioned(WEIGHT_INIT, sh.KERNEL_HEIGHT, sh.KERNEL_WIDTH, sh.CHANNELS, sh.EMBED),
             bias_init=partitioned(ZEROS, sh.EMBED),
             name="patch_embed",
         )(images.astype(self.dtype))
@@ -173,7 +173,7 @@ class TiTokDecoder(nn.Module):
             padding=1,
             dtype=self.dtype,
             param_dtype=jnp.float32,
-            kernel_init=partitioned(WEIGHT_INIT, sh.KERNEL_SPATIAL, sh.KERNEL_SPATIAL, sh.CHANNELS, sh.CHANNELS),
+            kernel_init=partitioned(WEIGHT_INIT, sh.KERNEL_HEIGHT, sh.KERNEL_WIDTH, sh.CONV_IN, sh.CONV_OUT),
             bias_init=partitioned(ZEROS, sh.CHANNELS),
             name="conv_out",
         )(x).astype(jnp.float32)

@@ -35,7 +35,7 @@ def _conv(features: int, kernel: int, name: str, dtype: Dtype, use_bias: bool = 
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=partitioned(
-            nn.initializers.lecun_normal(), sh.KERNEL_SPATIAL, sh.KERNEL_SPATIAL, sh.CONV_IN, sh.CONV_OUT
+            nn.initializers.lecun_normal(), sh.KERNEL_HEIGHT, sh.KERNEL_WIDTH, sh.CONV_IN, sh.CONV_OUT
         ),
         bias_init=partitioned(ZEROS, sh.CONV_OUT),
         name=name,

@@ -1,0 +1,103 @@
+"""Bad input gets an error that names the problem and the fix."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from helpers import SINGLE_STAGE, TWO_STAGE, abstract_params, model_for
+
+from titok_jax import configs
+from titok_jax.models.titok import titok_from_config
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = model_for("titok_single_stage.py:tiny_vq")
+    return model, abstract_params(model)
+
+
+def _encode(model, params, images):
+    return jax.eval_shape(lambda p, x: model.apply(p, x, method=model.encode), params, images)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, message",
+    [
+        ((2, 64, 64, 3), jnp.float32, r"shape \(batch, 32, 32, 3\) .*got shape \(2, 64, 64, 3\)"),
+        ((2, 32, 32, 1), jnp.float32, r"shape \(batch, 32, 32, 3\) .*got shape \(2, 32, 32, 1\)"),
+        ((2, 3, 32, 32), jnp.float32, r"got shape \(2, 3, 32, 32\)\. The input looks channels-first"),
+        ((32, 32, 3), jnp.float32, r"got shape \(32, 32, 3\)"),
+        ((2, 32, 32, 3), jnp.uint8, r"got dtype uint8\. Convert uint8 pixels with images.astype\(jnp.float32\) / 255"),
+    ],
+)
+def test_encode_rejects_bad_images(tiny, shape, dtype, message):
+    model, params = tiny
+    with pytest.raises(ValueError, match=message):
+        _encode(model, params, jax.ShapeDtypeStruct(shape, dtype))
+
+
+def test_decode_and_decode_tokens_reject_bad_shapes(tiny):
+    model, params = tiny
+    with pytest.raises(ValueError, match=r"latents of shape \(batch, 16, 8\); got \(2, 16, 5\)"):
+        jax.eval_shape(lambda p, z: model.apply(p, z, method=model.decode), params, jnp.zeros((2, 16, 5)))
+    with pytest.raises(ValueError, match=r"integer token ids of shape \(batch, 16\); got float32"):
+        jax.eval_shape(lambda p, t: model.apply(p, t, method=model.decode_tokens), params, jnp.zeros((2, 16)))
+
+
+@pytest.mark.parametrize("path", [TWO_STAGE, SINGLE_STAGE])
+def test_unknown_variant_lists_the_valid_ones(path):
+    with pytest.raises(ValueError, match=r"Unknown variant 'x99'; valid variants: .*tiny"):
+        configs.load_config(f"{path}:x99")
+
+
+def test_unknown_config_arg_and_bad_stage():
+    with pytest.raises(ValueError, match=r"Unknown config arg 'stag'.*valid args: stage, variant"):
+        configs.load_config(f"{TWO_STAGE}:s128,stag=2")
+    with pytest.raises(ValueError, match="stage must be 1 or 2"):
+        configs.load_config(f"{TWO_STAGE}:s128,stage=3")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        configs.load_config("experiments/nope.py:tiny")
+
+
+def test_model_field_errors():
+    fields = dict(configs.load_config(f"{SINGLE_STAGE}:tiny_vq").model)
+    with pytest.raises(
+        ValueError, match=r"Unknown TiTok model field\(s\) \['num_tokens'\]\. Valid fields: .*num_latent_tokens"
+    ):
+        titok_from_config(fields, num_tokens=8)
+    with pytest.raises(ValueError, match="image_size=30 is not divisible by encoder_patch_size=4"):
+        titok_from_config(fields, image_size=30)
+    with pytest.raises(ValueError, match="encoder_width=64 is not divisible by encoder_num_heads=3"):
+        titok_from_config(fields, encoder_num_heads=3)
+    with pytest.raises(ValueError, match=r"quantize_mode='fsq' is not one of \('vq', 'vae'\)"):
+        titok_from_config(fields, quantize_mode="fsq")
+    with pytest.raises(ValueError, match="with_pixel_decoder needs the two-stage VQ form"):
+        titok_from_config(fields, with_pixel_decoder=True)
+
+
+def test_config_validation():
+    config = configs.load_config(f"{TWO_STAGE}:tiny,stage=2")
+    configs.validate_config(config)
+    bad = config.copy_and_resolve_references()
+    bad.teacher.channel_multipliers = (1, 2)
+    with pytest.raises(ValueError, match="teacher VQGAN downsamples by 2 but model.decoder_patch_size=4"):
+        configs.validate_config(bad)
+    bad = config.copy_and_resolve_references()
+    bad.mesh.fsdp = 0
+    with pytest.raises(ValueError, match=r"config.mesh.fsdp must be a positive int or -1"):
+        configs.validate_config(bad)
+    bad = config.copy_and_resolve_references()
+    bad.model.pixel_decoder_filters = 64
+    with pytest.raises(ValueError, match="pixel decoder fields .* must equal the teacher"):
+        configs.validate_config(bad)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [f"{TWO_STAGE}:{v},stage={s}" for v in ("l32", "b64", "s128", "l64_512", "b128_512", "tiny") for s in (1, 2)]
+    + [
+        f"{SINGLE_STAGE}:{v}"
+        for v in ("bl64_vq", "bl128_vq", "sl256_vq", "ll32_vae", "bl64_vae", "bl128_vae", "tiny_vq", "tiny_vae")
+    ],
+)
+def test_every_shipped_config_validates(spec):
+    configs.validate_config(configs.load_config(spec))
