@@ -32,17 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.variant = arg.variant
 
     if encoder_size is None:  # tiny
-        model = dict(
-            image_size=32,
-            encoder_patch_size=4,
-            decoder_patch_size=4,
-            encoder_width=64,
-            encoder_depth=2,
-            encoder_num_heads=2,
-            decoder_width=64,
-            decoder_depth=2,
-            decoder_num_heads=2,
-        )
+        model = dict(configs.TINY_VIT_FIELDS)
         token_size, codebook_size = (8, 256) if quantize_mode == "vq" else (4, 0)
     else:
         model = dict(

@@ -37,15 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.variant == "tiny":
         vqgan = TINY_VQGAN
         model = dict(
-            image_size=32,
-            encoder_patch_size=4,
-            decoder_patch_size=4,
-            encoder_width=64,
-            encoder_depth=2,
-            encoder_num_heads=2,
-            decoder_width=64,
-            decoder_depth=2,
-            decoder_num_heads=2,
+            **configs.TINY_VIT_FIELDS,
             num_latent_tokens=16,
             token_size=8,
             codebook_size=256,

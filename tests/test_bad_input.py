@@ -79,7 +79,7 @@ def test_config_validation():
     configs.validate_config(config)
     bad = config.copy_and_resolve_references()
     bad.teacher.channel_multipliers = (1, 2)
-    with pytest.raises(ValueError, match="teacher VQGAN downsamples by 2 but model.decoder_patch_size=4"):
+    with pytest.raises(ValueError, match=r"teacher VQGAN downsamples by 2 but model\.decoder_patch_size=4"):
         configs.validate_config(bad)
     bad = config.copy_and_resolve_references()
     bad.mesh.fsdp = 0
@@ -87,7 +87,7 @@ def test_config_validation():
         configs.validate_config(bad)
     bad = config.copy_and_resolve_references()
     bad.model.pixel_decoder_filters = 64
-    with pytest.raises(ValueError, match="pixel decoder fields .* must equal the teacher"):
+    with pytest.raises(ValueError, match=r"pixel decoder fields .* must equal the teacher"):
         configs.validate_config(bad)
 
 

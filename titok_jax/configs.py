@@ -22,6 +22,20 @@ VIT_SIZES = {
 }
 
 
+# The CPU-sized tokenizer: 32 px images, 4 px patches (8x8 grid), 2-layer 64-wide ViTs.
+TINY_VIT_FIELDS = dict(
+    image_size=32,
+    encoder_patch_size=4,
+    decoder_patch_size=4,
+    encoder_width=64,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    decoder_width=64,
+    decoder_depth=2,
+    decoder_num_heads=2,
+)
+
+
 def vit_fields(prefix: str, size: str) -> dict[str, int]:
     """{prefix_width, prefix_depth, prefix_num_heads} of a named ViT size."""
     if size not in VIT_SIZES:
