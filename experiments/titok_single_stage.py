@@ -53,4 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dtype="float32",
     )
     config.model = ml_collections.ConfigDict(model)
+    config.data.image_size = config.model.image_size
+    if arg.variant.startswith("tiny"):
+        configs.shrink_for_cpu(config)
     return config

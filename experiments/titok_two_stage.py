@@ -63,10 +63,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         **configs.pixel_decoder_fields(vqgan),
     )
     config.model = ml_collections.ConfigDict(model)
+    config.data.image_size = config.model.image_size
+    if arg.variant.startswith("tiny"):
+        configs.shrink_for_cpu(config)
 
     # The frozen MaskGIT VQGAN whose codes are the stage-1 targets and whose
     # decoder initialises the stage-2 pixel decoder.
     config.teacher = ml_collections.ConfigDict(vqgan)
     config.teacher.checkpoint = ""  # path to the MaskGIT VQGAN weights
     config.teacher.random_init = arg.variant == "tiny"  # only the tiny model may use a random teacher
+    if arg.stage == 2:
+        # Official stage 2: AdamW b2 0.999, 5k warmup, 500k steps, from a stage-1 checkpoint.
+        config.optimizer.b2 = 0.999
+        config.optimizer.warmup_steps = 5_000 if arg.variant != "tiny" else config.optimizer.warmup_steps
+        config.total_steps = 500_000 if arg.variant != "tiny" else config.total_steps
     return config

@@ -93,12 +93,70 @@ MASKGIT_VQGAN = dict(
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Fields every experiment shares; experiment files fill in the rest."""
+    """Fields every experiment shares, with the official ImageNet recipe values;
+    experiment files fill in the model and override what differs."""
     config = ml_collections.ConfigDict()
     config.seed = 42
     # Mesh axis sizes; -1 fills with the remaining devices.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+    config.data = ml_collections.ConfigDict(
+        dict(
+            source="synthetic",
+            image_size=256,
+            num_examples=10_000,
+            num_classes=10,
+            root="",
+            name="imagenet2012",
+            split="train",
+            eval_split="validation",
+            data_dir="",
+            worker_count=0,
+            min_image_size=8,
+        )
+    )
+    config.batch_size = 256  # global, over all processes
+    config.grad_accum_steps = 1  # micro-batches per step; batch_size must divide evenly
+    config.total_steps = 1_000_000
+    config.optimizer = ml_collections.ConfigDict(
+        dict(
+            learning_rate=1e-4,
+            b1=0.9,
+            b2=0.99,
+            eps=1e-8,
+            weight_decay=1e-4,
+            warmup_steps=10_000,
+            end_learning_rate=1e-5,
+            grad_clip_norm=1.0,
+        )
+    )
+    config.ema = ml_collections.ConfigDict(dict(decay=0.999, warmup=True))
+    config.losses = ml_collections.ConfigDict(dict(quantizer_weight=1.0, kl_weight=1e-6, reconstruction_weight=1.0))
+
+    config.log_every = 50
+    config.checkpoint_every = 5_000
+    config.keep_checkpoints = 3
+    config.image_every = 5_000  # reconstruction grids and held-out reconstruction loss
+    config.eval_batch_size = 64
+    config.init_from = ""  # stage 2: a stage-1 workdir (or its checkpoints/STEP directory)
     return config
+
+
+def shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
+    """The tiny variants: a CPU run of minutes on 32 px synthetic shapes."""
+    config.data.image_size = 32
+    config.data.num_examples = 4096
+    config.batch_size = 32
+    config.eval_batch_size = 32
+    config.total_steps = 300
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.end_learning_rate = 1e-4
+    config.optimizer.warmup_steps = 20
+    config.optimizer.weight_decay = 1e-4
+    config.ema.decay = 0.99
+    config.log_every = 25
+    config.checkpoint_every = 100
+    config.image_every = 100
 
 
 def pixel_decoder_fields(vqgan: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,89 @@
+"""Optimisers of the recipes: AdamW with the official weight-decay exclusions,
+warmup + cosine schedule, global-norm clipping, frozen subtrees, and EMA."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+# Official rule: no decay for params with ndim < 2 or whose name contains one of
+# these. 'codebook' is our name for the official `*.embedding.weight` codebooks.
+NO_DECAY_NAME_PARTS = ("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma", "embed", "codebook")
+
+
+def _path_name(path: Sequence[Any]) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def weight_decay_mask(params: Any) -> Any:
+    """True where weight decay applies (the official exclusion rule)."""
+
+    def decays(path, leaf) -> bool:
+        name = _path_name(path)
+        return leaf.ndim >= 2 and not any(part in name for part in NO_DECAY_NAME_PARTS)
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def trainable_mask(params: Any, frozen_prefixes: Sequence[str], negate: bool = False) -> Any:
+    """False for params whose '/'-joined path (below 'params') starts with one of
+    `frozen_prefixes`; with `negate`, True marks the frozen ones instead."""
+
+    def trainable(path, _) -> bool:
+        name = _path_name(path).removeprefix("params/")
+        frozen = any(name == p or name.startswith(p + "/") for p in frozen_prefixes)
+        return frozen if negate else not frozen
+
+    return jax.tree_util.tree_map_with_path(trainable, params)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to `learning_rate`, then cosine to `end_learning_rate` at `total_steps`."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        decay_steps=max(total_steps, config.warmup_steps + 1),
+        end_value=config.end_learning_rate,
+    )
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, total_steps: int, frozen: Callable[[Any], Any] | None = None
+) -> optax.GradientTransformation:
+    """clip(global norm) -> AdamW(schedule, decay mask); frozen params get zero updates and no state.
+
+    `frozen` maps a params tree to a bool tree (True = frozen).
+    """
+    adamw = optax.chain(
+        optax.clip_by_global_norm(config.grad_clip_norm) if config.grad_clip_norm else optax.identity(),
+        optax.adamw(
+            learning_rate=learning_rate_schedule(config, total_steps),
+            b1=config.b1,
+            b2=config.b2,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            mask=weight_decay_mask,
+        ),
+    )
+    if frozen is None:
+        return adamw
+    labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "train", frozen(params))  # noqa: E731
+    return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
+
+
+def ema_decay(step: jax.Array, decay: float, warmup: bool = True) -> jax.Array:
+    """min(decay, (1 + t) / (10 + t)) with warmup, else `decay`."""
+    if not warmup:
+        return jnp.asarray(decay, jnp.float32)
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema_params: Any, params: Any, decay: jax.Array) -> Any:
+    return jax.tree.map(lambda e, p: e * decay + p.astype(e.dtype) * (1.0 - decay), ema_params, params)

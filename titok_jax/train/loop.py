@@ -1,0 +1,158 @@
+"""The one driver loop shared by every tokenizer recipe.
+
+flags -> validated config -> mesh -> grain iterator (this process's shard) ->
+abstract state -> shardings -> jitted init or restore -> loop {global batch ->
+jitted train_step -> metrics every log_every -> async checkpoint} -> final save.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+
+from titok_jax import checkpoint, configs
+from titok_jax import sharding as sh
+from titok_jax.data import pipeline
+from titok_jax.train import build, recipes, stage2_init
+from titok_jax.train.state import TrainState
+
+
+def _global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+    """Per-process numpy batch -> global arrays sharded over (data, fsdp)."""
+    return {
+        k: jax.make_array_from_process_local_data(sh.batch_sharding(mesh, v.ndim), v)
+        for k, v in local_batch.items()
+        if k in ("image", "label")
+    }
+
+
+def create_train_state(
+    recipe: recipes.TokenizerRecipe, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[Any, Any, Any]:
+    """-> (abstract state with shardings, init fn writing straight into them, shardings)."""
+    images = jnp.zeros((1, *recipe.model.image_shape), jnp.float32)
+    rng = jax.random.PRNGKey(config.seed)
+    boxed = jax.eval_shape(recipe.init, rng, images)
+    shardings = sh.logical_shardings(boxed, mesh)
+    abstract = checkpoint.abstract_with_shardings(nn.meta.unbox(boxed), shardings)
+    init = jax.jit(lambda: nn.meta.unbox(recipe.init(rng, images)), out_shardings=shardings)
+    return abstract, init, shardings
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains (or resumes) the configured recipe in `workdir`; returns the last logged metrics."""
+    configs.validate_config(config)
+    recipe, frozen = build.build_recipe(config)  # reads weight files: fails before any compile
+    mesh = sh.make_mesh(**config.mesh)
+    frozen = jax.device_put(frozen, sh.replicated(mesh))
+
+    train_iter = pipeline.make_train_iterator(config.data, config.batch_size, seed=config.seed)
+    eval_batch = _held_out_batch(config)
+
+    abstract, init, shardings = create_train_state(recipe, config, mesh)
+    manager = checkpoint.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints)
+    with jax.set_mesh(mesh):
+        if manager.latest_step() is not None:
+            logging.info("Resuming from checkpoint step %d in %s", manager.latest_step(), workdir)
+            state = checkpoint.restore(manager, abstract, train_iter)
+        else:
+            state = init()
+            if config.init_from:
+                state = stage2_init.init_from_stage1(state, config, mesh)
+    start_step = int(jax.device_get(state.step))
+    if jax.process_index() == 0:
+        logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
+
+    step_fn = jax.jit(
+        functools.partial(recipes.train_step, recipe=recipe),
+        in_shardings=(shardings, None, None),
+        out_shardings=(shardings, None),
+        donate_argnums=0,
+    )
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    hooks = []
+    if jax.process_index() == 0:
+        hooks += [
+            periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer),
+            periodic_actions.Profile(num_profile_steps=5, logdir=workdir),
+        ]
+
+    last_metrics: dict[str, float] = {}
+    metric_sums, metric_count, window_start = None, 0, time.time()
+    with jax.set_mesh(mesh):
+        for step in range(start_step, config.total_steps):
+            batch = _global_batch(next(train_iter), mesh)
+            state, metrics = step_fn(state, batch, frozen)
+            # Sum on device; the host only syncs every log_every steps.
+            metric_sums = metrics if metric_sums is None else jax.tree.map(jnp.add, metric_sums, metrics)
+            metric_count += 1
+            done = step + 1
+            for hook in hooks:
+                hook(done)
+            if done % config.log_every == 0 or done == config.total_steps:
+                last_metrics = {k: float(v) / metric_count for k, v in jax.device_get(metric_sums).items()}
+                elapsed = time.time() - window_start
+                last_metrics["images_per_second_per_device"] = (
+                    metric_count * config.batch_size / max(elapsed, 1e-9) / jax.device_count()
+                )
+                writer.write_scalars(done, last_metrics)
+                metric_sums, metric_count, window_start = None, 0, time.time()
+            if done % config.image_every == 0 or done == config.total_steps:
+                last_metrics.update(_evaluate_and_write_images(recipe, state, eval_batch, frozen, mesh, writer, done))
+            checkpoint.save(manager, done, state, train_iter, force=done == config.total_steps)
+            if manager.reached_preemption(done):
+                logging.warning("Preemption signal at step %d: saving and exiting.", done)
+                checkpoint.save(manager, done, state, train_iter, force=True)
+                break
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    return last_metrics
+
+
+def _held_out_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """A fixed batch of evaluation images (eval transform) for loss and image grids."""
+    eval_iter = pipeline.make_eval_iterator(config.data, config.eval_batch_size, seed=config.seed)
+    return next(iter(eval_iter))
+
+
+@functools.partial(jax.jit, static_argnames=("recipe",))
+def _reconstruct(params: Any, images: jax.Array, frozen: dict[str, Any], recipe: recipes.TokenizerRecipe):
+    return recipe.reconstruct(params, images, frozen)
+
+
+def _evaluate_and_write_images(
+    recipe: recipes.TokenizerRecipe,
+    state: TrainState,
+    eval_batch: dict[str, np.ndarray],
+    frozen: dict[str, Any],
+    mesh: jax.sharding.Mesh,
+    writer: metric_writers.MetricWriter,
+    step: int,
+) -> dict[str, float]:
+    """Held-out reconstruction MSE of params and EMA params, and an image grid."""
+    images = _global_batch({"image": eval_batch["image"]}, mesh)["image"]
+    results, grid = {}, None
+    for name, params in (("params", state.params), ("ema", state.ema_params)):
+        reconstructions = _reconstruct(params, images, frozen, recipe)
+        results[f"eval/{name}_reconstruction_mse"] = float(jnp.mean(jnp.square(reconstructions - images)))
+        if name == "ema":
+            grid = _image_grid(np.asarray(jax.device_get(images))[:8], np.asarray(jax.device_get(reconstructions))[:8])
+    writer.write_scalars(step, results)
+    writer.write_images(step, {"reconstructions": grid[None]})
+    return results
+
+
+def _image_grid(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
+    """Two rows: originals above their reconstructions, uint8."""
+    rows = [np.concatenate(list(x), axis=1) for x in (originals, reconstructions)]
+    return (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)

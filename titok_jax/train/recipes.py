@@ -1,0 +1,169 @@
+"""Tokenizer recipes: what differs between stage 1, stage 2 and single-stage training.
+
+A recipe holds the static pieces (model, optimizer, loss weights) and pure
+functions of (params, batch, rng, frozen): the driver loop and `train_step`
+are shared by all recipes. `frozen` holds constant weights passed into the
+jitted step: the VQGAN teacher, perceptual networks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from titok_jax import optim
+from titok_jax.models.titok import TiTok
+from titok_jax.models.vqgan import VQGAN
+from titok_jax.train.accumulate import accumulate
+from titok_jax.train.state import TrainState
+
+
+def codebook_usage(indices: jax.Array, codebook_size: int) -> jax.Array:
+    """Fraction of the codebook used by `indices` (in this batch)."""
+    used = jnp.zeros((codebook_size,), jnp.float32).at[indices.reshape(-1)].set(1.0)
+    return used.mean()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TokenizerRecipe:
+    """Base: TiTok trained by one optimizer, EMA of its params."""
+
+    model: TiTok
+    optimizer: optax.GradientTransformation
+    learning_rate: optax.Schedule
+    seed: int
+    grad_accum_steps: int = 1
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    quantizer_weight: float = 1.0
+    kl_weight: float = 1e-6
+
+    # ---- state -----------------------------------------------------------------
+    def init_params(self, rng: jax.Array, images: jax.Array) -> Any:
+        params_rng, noise_rng = jax.random.split(rng)
+        return self.model.init({"params": params_rng, "noise": noise_rng}, images)
+
+    def init(self, rng: jax.Array, images: jax.Array) -> TrainState:
+        params = self.init_params(rng, images)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.optimizer.init(params),
+            ema_params=params,
+        )
+
+    # ---- losses ----------------------------------------------------------------
+    def quantizer_terms(self, info: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Weighted quantizer (VQ) or KL (VAE) loss, and its metrics."""
+        if self.model.quantize_mode == "vq":
+            metrics = {
+                "quantizer_loss": info["quantizer_loss"],
+                "commitment_loss": info["commitment_loss"],
+                "codebook_loss": info["codebook_loss"],
+                "codebook_usage": codebook_usage(info["indices"], self.model.codebook_size),
+            }
+            return self.quantizer_weight * info["quantizer_loss"], metrics
+        kl = jnp.mean(info["kl"])  # official: sum over tokens and channels / batch
+        return self.kl_weight * kl, {"kl_loss": kl, "posterior_std": jnp.mean(jnp.exp(0.5 * info["logvar"]))}
+
+    def generator_loss(
+        self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, frozen: dict[str, Any]
+    ) -> tuple[jax.Array, tuple[dict[str, jax.Array], jax.Array]]:
+        """-> (loss, (metrics, reconstructions in [0, 1]-ish pixel space))."""
+        raise NotImplementedError
+
+    def reconstruct(self, params: Any, images: jax.Array, frozen: dict[str, Any]) -> jax.Array:
+        """Deterministic reconstructions (posterior mean for VAE), pixels clipped to [0, 1]."""
+        decoded, _ = self.model.apply(params, images, sample_posterior=False)
+        return jnp.clip(decoded, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Stage1Recipe(TokenizerRecipe):
+    """Two-stage, stage 1: predict the frozen VQGAN's proxy codes of the same image."""
+
+    teacher: VQGAN | None = None
+
+    def generator_loss(self, params, batch, rng, frozen):
+        images = batch["image"]
+        codes = jax.lax.stop_gradient(self.teacher.apply(frozen["teacher"], images, method=VQGAN.encode))
+        logits, info = self.model.apply(params, images)
+        cross_entropy = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, codes))
+        quantizer_loss, metrics = self.quantizer_terms(info)
+        loss = cross_entropy + quantizer_loss
+        metrics.update(
+            loss=loss,
+            proxy_cross_entropy=cross_entropy,
+            proxy_accuracy=jnp.mean(jnp.argmax(logits, -1) == codes),
+        )
+        return loss, (metrics, self._render(logits, frozen))
+
+    def _render(self, logits: jax.Array, frozen: dict[str, Any]) -> jax.Array:
+        """Pixels of the most likely proxy codes, through the teacher's decoder."""
+        codes = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1)
+        return jnp.clip(self.teacher.apply(frozen["teacher"], codes, method=VQGAN.decode_codes), 0.0, 1.0)
+
+    def reconstruct(self, params, images, frozen):
+        logits, _ = self.model.apply(params, images)
+        return self._render(logits, frozen)
+
+
+# Stage 2 trains the decoder side only.
+STAGE2_FROZEN = ("encoder", "quantize", "latent_tokens")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PixelRecipe(TokenizerRecipe):
+    """Single-stage (VQ / VAE) and stage 2: pixel reconstruction losses.
+
+    With `freeze_encoder` (stage 2) the encoder, quantizer and latent tokens get
+    no gradient (the optimizer also gives them zero updates and no state).
+    """
+
+    reconstruction_weight: float = 1.0
+    freeze_encoder: bool = False
+
+    def generator_loss(self, params, batch, rng, frozen):
+        images = batch["image"]
+        latents, info = self.model.apply(params, images, rngs={"noise": rng}, method=TiTok.encode)
+        if self.freeze_encoder:
+            latents = jax.lax.stop_gradient(latents)
+        decoded = self.model.apply(params, latents, method=TiTok.decode)
+        reconstruction = jnp.mean(jnp.square(decoded - images))
+        loss = self.reconstruction_weight * reconstruction
+        metrics = {"reconstruction_loss": reconstruction}
+        quantizer_loss, quantizer_metrics = self.quantizer_terms(info)
+        if not self.freeze_encoder:  # frozen, the quantizer loss is a constant: report only
+            loss = loss + quantizer_loss
+        metrics.update(quantizer_metrics, loss=loss)
+        return loss, (metrics, jnp.clip(decoded, 0.0, 1.0))
+
+
+def train_step(
+    state: TrainState, batch: dict[str, jax.Array], frozen: dict[str, Any], *, recipe: TokenizerRecipe
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step of any recipe (jitted once by the driver with donated state)."""
+    rng = jax.random.fold_in(jax.random.PRNGKey(recipe.seed), state.step)
+
+    def grad_fn(microbatch, key):
+        grads, (metrics, reconstructions) = jax.grad(recipe.generator_loss, has_aux=True)(
+            state.params, microbatch, key, frozen
+        )
+        return grads, metrics, reconstructions
+
+    grads, metrics, _ = accumulate(grad_fn, batch, rng, recipe.grad_accum_steps)
+    updates, opt_state = recipe.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = optim.ema_decay(state.step, recipe.ema_decay, recipe.ema_warmup)
+    metrics.update(grad_norm=optax.global_norm(grads), learning_rate=recipe.learning_rate(state.step))
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        ema_params=optim.ema_update(state.ema_params, params, decay),
+    )
+    return new_state, metrics

@@ -1,0 +1,30 @@
+"""Validation of loaded parameter trees against what a model expects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+
+def _flatten(tree: Any) -> dict[str, Any]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): leaf for path, leaf in flat}
+
+
+def check_tree_matches(loaded: Any, expected: Any, source: str) -> None:
+    """Raises ValueError naming every missing, unexpected or mis-shaped key.
+
+    `expected` may hold arrays or ShapeDtypeStructs (e.g. from jax.eval_shape).
+    """
+    have, want = _flatten(loaded), _flatten(expected)
+    problems = [f"missing key {k} (expected shape {tuple(want[k].shape)})" for k in sorted(set(want) - set(have))]
+    problems += [f"unexpected key {k} (shape {tuple(have[k].shape)})" for k in sorted(set(have) - set(want))]
+    problems += [
+        f"key {k} has shape {tuple(have[k].shape)}, expected {tuple(want[k].shape)}"
+        for k in sorted(set(have) & set(want))
+        if tuple(have[k].shape) != tuple(want[k].shape)
+    ]
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ValueError(f"{source} does not fit the model: {shown}.")
