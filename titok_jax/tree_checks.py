@@ -18,13 +18,14 @@ def check_tree_matches(loaded: Any, expected: Any, source: str) -> None:
     `expected` may hold arrays or ShapeDtypeStructs (e.g. from jax.eval_shape).
     """
     have, want = _flatten(loaded), _flatten(expected)
-    problems = [f"missing key {k} (expected shape {tuple(want[k].shape)})" for k in sorted(set(want) - set(have))]
-    problems += [f"unexpected key {k} (shape {tuple(have[k].shape)})" for k in sorted(set(have) - set(want))]
-    problems += [
+    # Shape mismatches first: they say most about which model the file belongs to.
+    problems = [
         f"key {k} has shape {tuple(have[k].shape)}, expected {tuple(want[k].shape)}"
         for k in sorted(set(have) & set(want))
         if tuple(have[k].shape) != tuple(want[k].shape)
     ]
+    problems += [f"missing key {k} (expected shape {tuple(want[k].shape)})" for k in sorted(set(want) - set(have))]
+    problems += [f"unexpected key {k} (shape {tuple(have[k].shape)})" for k in sorted(set(have) - set(want))]
     if problems:
         shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise ValueError(f"{source} does not fit the model: {shown}.")
