@@ -53,6 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dtype="float32",
     )
     config.model = ml_collections.ConfigDict(model)
+    # L2 + (LPIPS + 0.1 ConvNeXt) perceptual + quantizer / KL + GAN 0.1 from 200k steps.
+    config.discriminator.enabled = True
     config.data.image_size = config.model.image_size
     if arg.variant.startswith("tiny"):
         configs.shrink_for_cpu(config)

@@ -9,9 +9,11 @@ trains the decoder through the VQGAN pixel decoder.
   --config=experiments/titok_two_stage.py:tiny            tiny CPU model, random teacher
 """
 
+import dataclasses
+
 import ml_collections
 
-from titok_jax import configs
+from titok_jax import configs, losses
 
 # variant -> (encoder size, decoder size, num_latent_tokens, image_size)
 VARIANTS = {
@@ -73,8 +75,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.teacher.checkpoint = ""  # path to the MaskGIT VQGAN weights
     config.teacher.random_init = arg.variant == "tiny"  # only the tiny model may use a random teacher
     if arg.stage == 2:
-        # Official stage 2: AdamW b2 0.999, 5k warmup, 500k steps, from a stage-1 checkpoint.
+        # Official stage 2: AdamW b2 0.999, 5k warmup, 500k steps, from a stage-1 checkpoint;
+        # L2 + 0.1 ConvNeXt perceptual + 0.01 GAN from 20k steps.
         config.optimizer.b2 = 0.999
-        config.optimizer.warmup_steps = 5_000 if arg.variant != "tiny" else config.optimizer.warmup_steps
-        config.total_steps = 500_000 if arg.variant != "tiny" else config.total_steps
+        config.discriminator.enabled = True
+        if arg.variant != "tiny":
+            config.optimizer.warmup_steps = 5_000
+            config.total_steps = 500_000
+            config.losses.update(dataclasses.asdict(losses.TWO_STAGE_2_LOSS_WEIGHTS))
+            config.perceptual.update(lpips_weight=0.0, convnext_weight=1.0)
+        else:
+            config.losses.update(quantizer_weight=0.0, discriminator_weight=0.01)
     return config

@@ -32,7 +32,9 @@ def test_official_maskgit_checkpoint_restores_and_encodes_identically(tmp_path):
 
 
 def test_missing_teacher_weights_stop_with_a_clear_message(tmp_path):
-    with pytest.raises(ValueError, match=r"set config.teacher.checkpoint .*tokenizer_imagenet256_checkpoint.*It is not set"):
+    with pytest.raises(
+        ValueError, match=r"set config.teacher.checkpoint .*tokenizer_imagenet256_checkpoint.*It is not set"
+    ):
         teacher.check_teacher_weights(_teacher_config())
     with pytest.raises(FileNotFoundError, match=r"No file at '.*nope.msgpack'"):
         teacher.check_teacher_weights(_teacher_config(checkpoint=str(tmp_path / "nope.msgpack")))
@@ -41,12 +43,15 @@ def test_missing_teacher_weights_stop_with_a_clear_message(tmp_path):
 def test_wrong_teacher_file_names_the_problem(tmp_path):
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00\x01not a checkpoint" * 10)
-    with pytest.raises(ValueError, match="Could not read .*junk.bin.* as a flax msgpack checkpoint"):
+    with pytest.raises(ValueError, match=r"Could not read .*junk\.bin.* as a flax msgpack checkpoint"):
         teacher.load_teacher(_teacher_config(checkpoint=str(junk)), image_size=32, seed=0)
 
     small = VQGAN(filters=32, channel_multipliers=(1, 1, 2), num_res_blocks=1, embedding_dim=32, codebook_size=64)
     variables = small.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))
     other = tmp_path / "other_model.msgpack"
     other.write_bytes(flax.serialization.to_bytes(flax.linen.meta.unbox(variables)))
-    with pytest.raises(ValueError, match=r"does not fit the model: key params/decoder/Conv_0/bias has shape \(64,\), expected \(512,\); .* and \d+ more"):
+    with pytest.raises(
+        ValueError,
+        match=r"does not fit the model: key params/decoder/Conv_0/bias has shape \(64,\), expected \(512,\); .* and \d+ more",
+    ):
         teacher.load_teacher(_teacher_config(checkpoint=str(other)), image_size=32, seed=0)

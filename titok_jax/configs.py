@@ -7,12 +7,16 @@ Experiment files live in experiments/ and define `get_config(arg)`. The arg is
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+
+from titok_jax import losses
+from titok_jax.data.pipeline import default_data_config, validate_data_config
 
 # ViT sizes of the official tokenizers: name -> (width, depth, num_heads).
 VIT_SIZES = {
@@ -100,21 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Mesh axis sizes; -1 fills with the remaining devices.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
-    config.data = ml_collections.ConfigDict(
-        dict(
-            source="synthetic",
-            image_size=256,
-            num_examples=10_000,
-            num_classes=10,
-            root="",
-            name="imagenet2012",
-            split="train",
-            eval_split="validation",
-            data_dir="",
-            worker_count=0,
-            min_image_size=8,
-        )
-    )
+    config.data = default_data_config()
     config.batch_size = 256  # global, over all processes
     config.grad_accum_steps = 1  # micro-batches per step; batch_size must divide evenly
     config.total_steps = 1_000_000
@@ -128,11 +118,18 @@ def base_config() -> ml_collections.ConfigDict:
             warmup_steps=10_000,
             end_learning_rate=1e-5,
             grad_clip_norm=1.0,
+            discriminator_learning_rate=1e-4,
         )
     )
     config.ema = ml_collections.ConfigDict(dict(decay=0.999, warmup=True))
-    config.losses = ml_collections.ConfigDict(dict(quantizer_weight=1.0, kl_weight=1e-6, reconstruction_weight=1.0))
-
+    # Loss weights (official names). Stage 1 reads quantizer_weight only.
+    config.losses = ml_collections.ConfigDict(dataclasses.asdict(losses.SINGLE_STAGE_LOSS_WEIGHTS))
+    # The GAN discriminator of stage 2 and single-stage (hinge + LeCam), trained from losses.discriminator_start.
+    config.discriminator = ml_collections.ConfigDict(
+        dict(enabled=False, hidden_channels=128, num_stages=3, blur_kernel_size=4, pooled_size=16)
+    )
+    # Perceptual networks (LPIPS-VGG, ConvNeXt-S) read from converted weight files.
+    config.perceptual = ml_collections.ConfigDict(dict(lpips_weight=1.0, convnext_weight=0.1, weights=""))
     config.log_every = 50
     config.checkpoint_every = 5_000
     config.keep_checkpoints = 3
@@ -146,6 +143,7 @@ def shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
     """The tiny variants: a CPU run of minutes on 32 px synthetic shapes."""
     config.data.image_size = 32
     config.data.num_examples = 4096
+    config.data.eval_num_examples = 256
     config.batch_size = 32
     config.eval_batch_size = 32
     config.total_steps = 300
@@ -157,6 +155,12 @@ def shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
     config.log_every = 25
     config.checkpoint_every = 100
     config.image_every = 100
+    # A small GAN that starts late; no perceptual loss (its weights are not available here).
+    config.discriminator.hidden_channels = 32
+    config.discriminator.num_stages = 2
+    config.discriminator.pooled_size = 8
+    config.losses.discriminator_start = 200
+    config.losses.perceptual_weight = 0.0
 
 
 def pixel_decoder_fields(vqgan: Mapping[str, Any]) -> dict[str, Any]:
@@ -183,7 +187,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for axis, size in config.mesh.items():
         if not isinstance(size, int) or (size < 1 and size != -1):
             raise ValueError(f"config.mesh.{axis} must be a positive int or -1 (fill), got {size!r}.")
+    validate_data_config(config.data)
+    if config.batch_size % config.grad_accum_steps:
+        raise ValueError(
+            f"batch_size={config.batch_size} does not split into grad_accum_steps={config.grad_accum_steps} micro-batches."
+        )
     model = titok_from_config(config.model)
+    if config.data.image_size != model.image_size:
+        raise ValueError(f"data.image_size={config.data.image_size} differs from model.image_size={model.image_size}.")
     if config.recipe.startswith("two_stage"):
         if not model.legacy_two_stage:
             raise ValueError("The two-stage recipe needs model.legacy_two_stage=True.")

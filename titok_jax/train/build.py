@@ -6,7 +6,8 @@ from typing import Any
 
 import ml_collections
 
-from titok_jax import optim
+from titok_jax import losses, optim
+from titok_jax.models.discriminator import NLayerDiscriminator
 from titok_jax.models.titok import titok_from_config
 from titok_jax.train import recipes, teacher
 
@@ -33,10 +34,32 @@ def build_recipe(config: ml_collections.ConfigDict) -> tuple[recipes.TokenizerRe
         teacher_module, frozen["teacher"] = teacher.load_teacher(config.teacher, model.image_size, config.seed)
         return recipes.Stage1Recipe(**common, teacher=teacher_module), frozen
     if stage in ("two_stage_2", "single_stage"):
+        weights = losses.LossWeights.from_config(config.losses)
+        gan = {}
+        if config.discriminator.enabled:
+            d_fields = {k: v for k, v in config.discriminator.items() if k != "enabled"}
+            d_optimizer_config = config.optimizer.copy_and_resolve_references()
+            d_optimizer_config.learning_rate = config.optimizer.discriminator_learning_rate
+            # Its schedule runs from the first discriminator update, as officially.
+            d_steps = max(config.total_steps - weights.discriminator_start, 1)
+            gan = dict(
+                discriminator=NLayerDiscriminator(**d_fields),
+                discriminator_optimizer=optim.make_optimizer(d_optimizer_config, d_steps),
+            )
+        perceptual = {}
+        if weights.perceptual_weight > 0:
+            perceptual_loss, frozen["perceptual"] = load_perceptual(config.perceptual)
+            perceptual = dict(perceptual_loss=perceptual_loss)
         recipe = recipes.PixelRecipe(
-            **common,
-            reconstruction_weight=config.losses.reconstruction_weight,
-            freeze_encoder=stage == "two_stage_2",
+            **common, loss_weights=weights, freeze_encoder=stage == "two_stage_2", **gan, **perceptual
         )
         return recipe, frozen
     raise ValueError(f"Unknown recipe {stage!r}; valid recipes: two_stage_1, two_stage_2, single_stage.")
+
+
+def load_perceptual(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+    """-> (loss fn(frozen params, x, y), frozen params). Stops clearly when the weights are missing."""
+    raise ValueError(
+        "losses.perceptual_weight > 0 needs the perceptual networks' weights: set config.perceptual.weights "
+        "(made with `python -m titok_jax.convert.perceptual`), or set config.losses.perceptual_weight=0."
+    )

@@ -121,7 +121,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
 def _held_out_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
     """A fixed batch of evaluation images (eval transform) for loss and image grids."""
-    eval_iter = pipeline.make_eval_iterator(config.data, config.eval_batch_size, seed=config.seed)
+    eval_iter = pipeline.make_eval_iterator(config.data, config.eval_batch_size)
     return next(iter(eval_iter))
 
 

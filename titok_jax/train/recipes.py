@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from titok_jax import optim
+from titok_jax import losses, optim
+from titok_jax.models.discriminator import NLayerDiscriminator
 from titok_jax.models.titok import TiTok
 from titok_jax.models.vqgan import VQGAN
 from titok_jax.train.accumulate import accumulate
@@ -118,29 +119,83 @@ STAGE2_FROZEN = ("encoder", "quantize", "latent_tokens")
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PixelRecipe(TokenizerRecipe):
-    """Single-stage (VQ / VAE) and stage 2: pixel reconstruction losses.
+    """Single-stage (VQ / VAE) and stage 2: L2 + perceptual + quantizer/KL + GAN.
 
     With `freeze_encoder` (stage 2) the encoder, quantizer and latent tokens get
-    no gradient (the optimizer also gives them zero updates and no state).
+    no gradient (the optimizer also gives them zero updates and no state). With
+    a `discriminator`, a second optimizer trains it on the hinge + LeCam loss
+    from `loss_weights.discriminator_start` on. `perceptual_loss(frozen, x, y)`,
+    when set, returns the (unweighted) perceptual distance.
     """
 
-    reconstruction_weight: float = 1.0
+    loss_weights: losses.LossWeights | None = None
     freeze_encoder: bool = False
+    discriminator: NLayerDiscriminator | None = None
+    discriminator_optimizer: optax.GradientTransformation | None = None
+    perceptual_loss: Any = None
+
+    def init(self, rng, images):
+        state = super().init(rng, images)
+        if self.discriminator is None:
+            return state
+        d_params = self.discriminator.init(jax.random.fold_in(rng, 1), images)
+        return state.replace(
+            discriminator={"params": d_params, "opt_state": self.discriminator_optimizer.init(d_params)},
+            lecam=losses.init_lecam_ema(),
+        )
 
     def generator_loss(self, params, batch, rng, frozen):
         images = batch["image"]
         latents, info = self.model.apply(params, images, rngs={"noise": rng}, method=TiTok.encode)
         if self.freeze_encoder:
             latents = jax.lax.stop_gradient(latents)
+            info = {k: jax.lax.stop_gradient(v) for k, v in info.items()}
         decoded = self.model.apply(params, latents, method=TiTok.decode)
-        reconstruction = jnp.mean(jnp.square(decoded - images))
-        loss = self.reconstruction_weight * reconstruction
-        metrics = {"reconstruction_loss": reconstruction}
-        quantizer_loss, quantizer_metrics = self.quantizer_terms(info)
-        if not self.freeze_encoder:  # frozen, the quantizer loss is a constant: report only
-            loss = loss + quantizer_loss
-        metrics.update(quantizer_metrics, loss=loss)
+        reconstruction = losses.reconstruction_l2(decoded, images)
+        weights = self.loss_weights
+        perceptual = jnp.zeros((), jnp.float32)
+        if self.perceptual_loss is not None and weights.perceptual_weight > 0:
+            perceptual = self.perceptual_loss(frozen["perceptual"], decoded, images)
+        adversarial = None
+        if self.discriminator is not None:
+            fake_logits = self.discriminator.apply(frozen["discriminator"], decoded)
+            adversarial = losses.generator_adversarial_loss(fake_logits)
+        # Stage 2 sets quantizer_weight 0: the frozen quantizer's loss is a constant there.
+        loss, metrics = losses.single_stage_generator_loss(
+            reconstruction, perceptual, info, adversarial, frozen["step"], weights, self.model.quantize_mode
+        )
+        if self.model.quantize_mode == "vq":
+            metrics["codebook_usage"] = codebook_usage(info["indices"], self.model.codebook_size)
+        metrics["loss"] = loss
         return loss, (metrics, jnp.clip(decoded, 0.0, 1.0))
+
+    def discriminator_step(
+        self, state: TrainState, real: jax.Array, fake: jax.Array
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """Hinge + LeCam update of the discriminator; skipped (state unchanged) before the start step."""
+        weights = self.loss_weights
+
+        def loss_fn(d_params):
+            real_logits = self.discriminator.apply(d_params, real)
+            fake_logits = self.discriminator.apply(d_params, jax.lax.stop_gradient(fake))
+            loss, lecam, metrics = losses.discriminator_loss(real_logits, fake_logits, state.lecam, state.step, weights)
+            return loss, (lecam, metrics)
+
+        def update(_):
+            d = state.discriminator
+            grads, (lecam, metrics) = jax.grad(loss_fn, has_aux=True)(d["params"])
+            updates, opt_state = self.discriminator_optimizer.update(grads, d["opt_state"], d["params"])
+            discriminator = {"params": optax.apply_updates(d["params"], updates), "opt_state": opt_state}
+            return discriminator, lecam, metrics
+
+        def skip(_):
+            metrics = jax.eval_shape(lambda: loss_fn(state.discriminator["params"])[1][1])
+            zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
+            return state.discriminator, state.lecam, zeros
+
+        active = state.step >= weights.discriminator_start
+        discriminator, lecam, metrics = jax.lax.cond(active, update, skip, None)
+        return state.replace(discriminator=discriminator, lecam=lecam), metrics
 
 
 def train_step(
@@ -148,18 +203,26 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimisation step of any recipe (jitted once by the driver with donated state)."""
     rng = jax.random.fold_in(jax.random.PRNGKey(recipe.seed), state.step)
+    discriminator = getattr(recipe, "discriminator", None)
+    context = {**frozen, "step": state.step}
+    if discriminator is not None:
+        context["discriminator"] = state.discriminator["params"]
 
     def grad_fn(microbatch, key):
         grads, (metrics, reconstructions) = jax.grad(recipe.generator_loss, has_aux=True)(
-            state.params, microbatch, key, frozen
+            state.params, microbatch, key, context
         )
         return grads, metrics, reconstructions
 
-    grads, metrics, _ = accumulate(grad_fn, batch, rng, recipe.grad_accum_steps)
+    grads, metrics, reconstructions = accumulate(grad_fn, batch, rng, recipe.grad_accum_steps)
     updates, opt_state = recipe.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = optim.ema_decay(state.step, recipe.ema_decay, recipe.ema_warmup)
     metrics.update(grad_norm=optax.global_norm(grads), learning_rate=recipe.learning_rate(state.step))
+    # The discriminator sees the reconstructions of the generator's pre-update params, as officially.
+    if discriminator is not None:
+        state, d_metrics = recipe.discriminator_step(state, batch["image"], reconstructions)
+        metrics.update(d_metrics)
     new_state = state.replace(
         step=state.step + 1,
         params=params,

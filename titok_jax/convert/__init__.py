@@ -1,0 +1,1 @@
+"""Converters between official PyTorch / JAX checkpoints and titok_jax parameter trees."""
