@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         codebook_size=codebook_size,
         use_l2_norm=False,
         commitment_cost=0.25,
+        clustering_vq=quantize_mode == "vq",  # official: revive dead codes onto batch latents
         legacy_two_stage=False,
         with_pixel_decoder=False,
         dtype="float32",

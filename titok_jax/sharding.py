@@ -40,6 +40,7 @@ NORM = "norm"  # scales and biases of norms inside conv nets
 IMAGE_HEIGHT = "image_height"
 IMAGE_WIDTH = "image_width"
 CHANNELS = "channels"
+CLASSES = "classes"  # classifier logits of the frozen perceptual / FID networks
 
 LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
@@ -64,6 +65,7 @@ DEFAULT_RULES: LogicalRules = (
     (IMAGE_HEIGHT, None),
     (IMAGE_WIDTH, None),
     (CHANNELS, None),
+    (CLASSES, None),
 )
 
 
@@ -118,12 +120,13 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: LogicalRules = DEFA
     shapes = jax.tree.map(lambda x: x.shape, nn.meta.unbox(abstract_tree))
     is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
     logical_specs = jax.tree.map(lambda s: nn.logical_to_mesh_axes(tuple(s), rules), specs, is_leaf=is_spec)
-    return jax.tree.map(
-        lambda spec, shape: NamedSharding(mesh, _fit_spec(spec, shape, mesh)),
-        logical_specs,
-        shapes,
-        is_leaf=is_spec,
-    )
+
+    def sharding(spec, shape):
+        if type(shape) is not tuple:  # an empty node (e.g. optax's MaskedNode for frozen params): keep it
+            return shape
+        return NamedSharding(mesh, _fit_spec(spec, shape, mesh))
+
+    return jax.tree.map(sharding, logical_specs, shapes, is_leaf=is_spec)
 
 
 def init_sharded(

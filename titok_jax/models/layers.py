@@ -19,6 +19,10 @@ Dtype = Any
 
 # Linear and conv weights: truncated normal, std 0.02; biases zero (spec "Init").
 WEIGHT_INIT = nn.initializers.truncated_normal(stddev=0.02)
+# torch MultiheadAttention's fused in_proj is a raw Parameter, which the official
+# init leaves at xavier-uniform over (3W, W); the (W, 3, heads, head_dim) kernel
+# has the same fans (in W, out 3W). It matters: 0.02 would weaken attention ~4x.
+QKV_INIT = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2, 3))
 ZEROS = nn.initializers.zeros
 ONES = nn.initializers.ones
 
@@ -87,7 +91,7 @@ class MultiHeadAttention(nn.Module):
         qkv_shape = (3, self.num_heads, head_dim)
         qkv_kernel = self.param(
             "qkv_kernel",
-            partitioned(WEIGHT_INIT, sh.EMBED, sh.QKV, sh.HEADS, sh.HEAD_DIM),
+            partitioned(QKV_INIT, sh.EMBED, sh.QKV, sh.HEADS, sh.HEAD_DIM),
             (width, *qkv_shape),
             jnp.float32,
         )

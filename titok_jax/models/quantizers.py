@@ -46,6 +46,9 @@ class VectorQuantizer(nn.Module):
     token_size: int
     commitment_cost: float = 0.25
     use_l2_norm: bool = False
+    # Official "clustering VQ": also report, per code, the batch frequency and the
+    # nearest latent, from which `clustering_update` revives unused codes.
+    clustering_vq: bool = False
 
     def setup(self):
         self.codebook = self.param(
@@ -66,7 +69,7 @@ class VectorQuantizer(nn.Module):
         if latents.shape[-1] != self.token_size:
             raise ValueError(f"Quantizer expects latents (..., {self.token_size}), got {latents.shape}.")
         latents = latents.astype(jnp.float32)
-        flat = latents.reshape(-1, self.token_size)
+        flat = flat_unnormed = latents.reshape(-1, self.token_size)
         codebook = self.codebook
         if self.use_l2_norm:
             flat = l2_normalize(flat)
@@ -83,12 +86,17 @@ class VectorQuantizer(nn.Module):
         commitment_loss = self.commitment_cost * jnp.mean(jnp.square(jax.lax.stop_gradient(quantized) - latents))
         codebook_loss = jnp.mean(jnp.square(quantized - jax.lax.stop_gradient(latents)))
         quantized = latents + jax.lax.stop_gradient(quantized - latents)
-        return quantized, {
+        info = {
             "quantizer_loss": commitment_loss + codebook_loss,
             "commitment_loss": commitment_loss,
             "codebook_loss": codebook_loss,
             "indices": indices,
         }
+        if self.clustering_vq:
+            unnormed = jax.lax.stop_gradient(flat_unnormed)
+            info["code_frequencies"] = jnp.mean(jax.nn.one_hot(indices.reshape(-1), self.codebook_size), axis=0)
+            info["nearest_latents"] = unnormed[jnp.argmin(jax.lax.stop_gradient(distances), axis=0)]
+        return quantized, info
 
 
 class DiagonalGaussian(nn.Module):
@@ -114,3 +122,22 @@ class DiagonalGaussian(nn.Module):
             latents = mean
         kl = 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=tuple(range(1, mean.ndim)))
         return latents, {"mean": mean, "logvar": logvar, "kl": kl}
+
+
+def clustering_update(
+    codebook: jax.Array,
+    usage_ema: jax.Array,
+    code_frequencies: jax.Array,
+    nearest_latents: jax.Array,
+    decay: float = 0.99,
+) -> tuple[jax.Array, jax.Array]:
+    """Official clustering VQ: pull rarely used codes onto their nearest latent of the batch.
+
+    usage_ema <- decay * usage_ema + (1 - decay) * frequencies; each code moves
+    towards its nearest (un-normalised) latent by exp(-usage_ema * N * 10 / (1 - decay) - 1e-3),
+    i.e. almost fully for dead codes and not at all for used ones. Returns (codebook, usage_ema).
+    """
+    usage_ema = usage_ema * decay + code_frequencies * (1.0 - decay)
+    num_codes = codebook.shape[0]
+    mix = jnp.exp(-(usage_ema * num_codes * 10.0) / (1.0 - decay) - 1e-3)[:, None]
+    return codebook * (1.0 - mix) + nearest_latents * mix, usage_ema

@@ -202,6 +202,7 @@ class TiTok(nn.Module):
     codebook_size: int = 4096
     use_l2_norm: bool = True
     commitment_cost: float = 0.25
+    clustering_vq: bool = False
     # Released two-stage form: encoder reshape quirk + proxy-code head.
     legacy_two_stage: bool = True
     proxy_codebook_size: int = 1024
@@ -232,7 +233,9 @@ class TiTok(nn.Module):
             attention_impl=self.attention_impl,
         )
         if self.quantize_mode == "vq":
-            self.quantize = VectorQuantizer(self.codebook_size, self.token_size, self.commitment_cost, self.use_l2_norm)
+            self.quantize = VectorQuantizer(
+                self.codebook_size, self.token_size, self.commitment_cost, self.use_l2_norm, self.clustering_vq
+            )
         else:
             self.quantize = DiagonalGaussian(self.token_size)
         self.decoder = TiTokDecoder(

@@ -59,7 +59,20 @@ def build_recipe(config: ml_collections.ConfigDict) -> tuple[recipes.TokenizerRe
 
 def load_perceptual(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
     """-> (loss fn(frozen params, x, y), frozen params). Stops clearly when the weights are missing."""
-    raise ValueError(
-        "losses.perceptual_weight > 0 needs the perceptual networks' weights: set config.perceptual.weights "
-        "(made with `python -m titok_jax.convert.perceptual`), or set config.losses.perceptual_weight=0."
-    )
+    from titok_jax.convert.perceptual import load_perceptual_params
+    from titok_jax.models import perceptual
+
+    if not config.weights:
+        raise ValueError(
+            "losses.perceptual_weight > 0 needs the perceptual networks' weights: set config.perceptual.weights "
+            "to the file made by `python -m titok_jax.convert.perceptual` (LPIPS-VGG and/or ConvNeXt-S), "
+            "or set config.losses.perceptual_weight=0."
+        )
+    weights = perceptual.PerceptualWeights(lpips=config.lpips_weight, convnext=config.convnext_weight)
+    needed = [name for name, w in (("lpips", weights.lpips), ("convnext", weights.convnext)) if w > 0]
+    params = load_perceptual_params(config.weights, networks=needed)
+
+    def loss(frozen_params, images, targets):
+        return perceptual.perceptual_loss(frozen_params, images, targets, weights)
+
+    return loss, params

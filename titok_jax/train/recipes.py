@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from titok_jax import losses, optim
+from titok_jax.models import quantizers
 from titok_jax.models.discriminator import NLayerDiscriminator
 from titok_jax.models.titok import TiTok
 from titok_jax.models.vqgan import VQGAN
@@ -50,11 +51,15 @@ class TokenizerRecipe:
 
     def init(self, rng: jax.Array, images: jax.Array) -> TrainState:
         params = self.init_params(rng, images)
+        usage = None
+        if self.model.quantize_mode == "vq" and self.model.clustering_vq:
+            usage = jnp.zeros((self.model.codebook_size,), jnp.float32)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=self.optimizer.init(params),
-            ema_params=params,
+            ema_params=jax.tree.map(jnp.copy, params),
+            codebook_usage_ema=usage,
         )
 
     # ---- losses ----------------------------------------------------------------
@@ -113,6 +118,9 @@ class Stage1Recipe(TokenizerRecipe):
         return self._render(logits, frozen)
 
 
+# Per-code statistics of clustering VQ, passed from the loss to the step through the metrics.
+CLUSTERING_STATS = ("code_frequencies", "nearest_latents")
+
 # Stage 2 trains the decoder side only.
 STAGE2_FROZEN = ("encoder", "quantize", "latent_tokens")
 
@@ -166,6 +174,7 @@ class PixelRecipe(TokenizerRecipe):
         )
         if self.model.quantize_mode == "vq":
             metrics["codebook_usage"] = codebook_usage(info["indices"], self.model.codebook_size)
+            metrics.update({k: info[k] for k in CLUSTERING_STATS if k in info})
         metrics["loss"] = loss
         return loss, (metrics, jnp.clip(decoded, 0.0, 1.0))
 
@@ -216,7 +225,16 @@ def train_step(
 
     grads, metrics, reconstructions = accumulate(grad_fn, batch, rng, recipe.grad_accum_steps)
     updates, opt_state = recipe.optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params, usage_ema = state.params, state.codebook_usage_ema
+    if usage_ema is not None and "code_frequencies" in metrics:
+        # As officially: revive dead codes in place, then apply the optimizer's update.
+        # (With grad accumulation the statistics are micro-batch averages.)
+        stats = {k: metrics.pop(k) for k in CLUSTERING_STATS}
+        codebook, usage_ema = quantizers.clustering_update(
+            params["params"]["quantize"]["codebook"], usage_ema, stats["code_frequencies"], stats["nearest_latents"]
+        )
+        params = {**params, "params": {**params["params"], "quantize": {"codebook": codebook}}}
+    params = optax.apply_updates(params, updates)
     decay = optim.ema_decay(state.step, recipe.ema_decay, recipe.ema_warmup)
     metrics.update(grad_norm=optax.global_norm(grads), learning_rate=recipe.learning_rate(state.step))
     # The discriminator sees the reconstructions of the generator's pre-update params, as officially.
@@ -228,5 +246,6 @@ def train_step(
         params=params,
         opt_state=opt_state,
         ema_params=optim.ema_update(state.ema_params, params, decay),
+        codebook_usage_ema=usage_ema,
     )
     return new_state, metrics

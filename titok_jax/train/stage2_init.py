@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from titok_jax import checkpoint
@@ -47,4 +48,5 @@ def init_from_stage1(state: TrainState, config: ml_collections.ConfigDict, mesh:
     params["pixel_decoder"] = teacher_variables["params"]["decoder"]
     shardings = jax.tree.map(lambda x: x.sharding, state.params)
     loaded = jax.device_put({"params": params}, shardings)
-    return state.replace(params=loaded, ema_params=loaded)
+    # Separate buffers: the train step donates the state, and a buffer donated twice is freed twice.
+    return state.replace(params=loaded, ema_params=jax.tree.map(jnp.copy, loaded))

@@ -14,6 +14,7 @@ class TrainState:
 
     `discriminator` is {"params", "opt_state"} and `lecam` holds the EMAs of the
     discriminator's mean real / fake logits; both stay None without a GAN.
+    `codebook_usage_ema` is set only for clustering VQ.
     """
 
     step: jax.Array
@@ -22,3 +23,4 @@ class TrainState:
     ema_params: Any
     discriminator: Any = None
     lecam: Any = None
+    codebook_usage_ema: Any = None  # clustering VQ: EMA of each code's batch frequency
