@@ -23,7 +23,7 @@ from titok_jax.train import build, loop, recipes
 
 def _step_on(mesh, config, batch_np, num_steps=1):
     recipe, frozen = build.build_recipe(config)
-    abstract, init, shardings = loop.create_train_state(recipe, config, mesh)
+    _, init, shardings = loop.create_train_state(recipe, config, mesh)
     step = chex.assert_max_traces(n=1)(recipes.train_step)
     step_fn = jax.jit(
         lambda s, b, f: step(s, b, f, recipe=recipe),
