@@ -8,7 +8,7 @@ import numpy as np
 import optax
 from helpers import abstract_params, model_for
 
-from titok_jax import optim
+from titok_jax import losses, optim
 from titok_jax.train import recipes
 from titok_jax.train.accumulate import accumulate
 
@@ -95,14 +95,21 @@ def test_accumulated_microbatches_equal_one_big_batch():
     """4 micro-batches of 2 give the same grads and metrics as one batch of 8 (tiny VQ model)."""
     model = model_for("titok_single_stage.py:tiny_vq")
     recipe = recipes.PixelRecipe(
-        model=model, optimizer=optax.sgd(1.0), learning_rate=lambda s: 1.0, seed=0, grad_accum_steps=4
+        model=model,
+        optimizer=optax.sgd(1.0),
+        learning_rate=lambda s: 1.0,
+        seed=0,
+        grad_accum_steps=4,
+        loss_weights=losses.SINGLE_STAGE_LOSS_WEIGHTS,
     )
     images = jax.random.uniform(jax.random.PRNGKey(0), (8, *model.image_shape))
     params = nn.meta.unbox(recipe.init_params(jax.random.PRNGKey(1), images[:1]))
     batch = {"image": images}
 
     def grad_fn(microbatch, key):
-        grads, (metrics, reconstructions) = jax.grad(recipe.generator_loss, has_aux=True)(params, microbatch, key, {})
+        grads, (metrics, reconstructions) = jax.grad(recipe.generator_loss, has_aux=True)(
+            params, microbatch, key, {"step": 0}
+        )
         return grads, metrics, reconstructions
 
     key = jax.random.PRNGKey(2)
