@@ -22,11 +22,12 @@ def _run(tmp_path, *args):
     )
 
 
-def test_main_trains_the_configured_variant_with_overrides(tmp_path):
+def test_main_trains_the_configured_variant_with_overrides_in_bf16(tmp_path):
     result = _run(
         tmp_path,
         f"--config={EXPERIMENTS / 'titok_single_stage.py'}:tiny_vae",
         "--config.model.num_latent_tokens=8",
+        "--config.model.dtype=bfloat16",  # bf16 compute, fp32 params / quantizer / losses
         "--config.mesh.fsdp=4",
         "--config.batch_size=8",
         "--config.eval_batch_size=8",

@@ -3,27 +3,17 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from helpers import abstract_params, model_for
 
-from titok_jax import losses, optim
+from titok_jax import configs, losses, optim
 from titok_jax.train import recipes
 from titok_jax.train.accumulate import accumulate
 
-OPT = ml_collections.ConfigDict(
-    dict(
-        learning_rate=1e-4,
-        b1=0.9,
-        b2=0.99,
-        eps=1e-8,
-        weight_decay=1e-4,
-        warmup_steps=10,
-        end_learning_rate=1e-5,
-        grad_clip_norm=1.0,
-    )
-)
+# The recipes' optimizer block with a short warmup.
+OPT = configs.base_config().optimizer
+OPT.warmup_steps = 10
 
 
 def _flat(tree):

@@ -11,20 +11,18 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from titok_jax.tree_checks import path_name
+
 # Official rule: no decay for params with ndim < 2 or whose name contains one of
 # these. 'codebook' is our name for the official `*.embedding.weight` codebooks.
 NO_DECAY_NAME_PARTS = ("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma", "embed", "codebook")
-
-
-def _path_name(path: Sequence[Any]) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
 def weight_decay_mask(params: Any) -> Any:
     """True where weight decay applies (the official exclusion rule)."""
 
     def decays(path, leaf) -> bool:
-        name = _path_name(path)
+        name = path_name(path)
         return leaf.ndim >= 2 and not any(part in name for part in NO_DECAY_NAME_PARTS)
 
     return jax.tree_util.tree_map_with_path(decays, params)
@@ -35,7 +33,7 @@ def trainable_mask(params: Any, frozen_prefixes: Sequence[str], negate: bool = F
     `frozen_prefixes`; with `negate`, True marks the frozen ones instead."""
 
     def trainable(path, _) -> bool:
-        name = _path_name(path).removeprefix("params/")
+        name = path_name(path).removeprefix("params/")
         frozen = any(name == p or name.startswith(p + "/") for p in frozen_prefixes)
         return frozen if negate else not frozen
 

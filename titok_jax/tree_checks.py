@@ -7,9 +7,14 @@ from typing import Any
 import jax
 
 
+def path_name(path: Any) -> str:
+    """'/'-joined names of a jax key path, e.g. 'params/encoder/ln_pre/scale'."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
 def _flatten(tree: Any) -> dict[str, Any]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): leaf for path, leaf in flat}
+    return {path_name(path): leaf for path, leaf in flat}
 
 
 def check_tree_matches(loaded: Any, expected: Any, source: str) -> None:
