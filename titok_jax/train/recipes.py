@@ -73,7 +73,7 @@ class TokenizerRecipe:
                 "codebook_usage": codebook_usage(info["indices"], self.model.codebook_size),
             }
             return self.quantizer_weight * info["quantizer_loss"], metrics
-        kl = jnp.mean(info["kl"])  # official: sum over tokens and channels / batch
+        kl = losses.kl_loss(info["kl"])
         return self.kl_weight * kl, {"kl_loss": kl, "posterior_std": jnp.mean(jnp.exp(0.5 * info["logvar"]))}
 
     def generator_loss(
@@ -98,7 +98,7 @@ class Stage1Recipe(TokenizerRecipe):
         images = batch["image"]
         codes = jax.lax.stop_gradient(self.teacher.apply(frozen["teacher"], images, method=VQGAN.encode))
         logits, info = self.model.apply(params, images)
-        cross_entropy = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, codes))
+        cross_entropy = losses.proxy_code_cross_entropy(logits, codes)
         quantizer_loss, metrics = self.quantizer_terms(info)
         loss = cross_entropy + quantizer_loss
         metrics.update(
