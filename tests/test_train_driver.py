@@ -44,7 +44,7 @@ def _step_on(mesh, config, batch_np, num_steps=1):
 
 
 def test_fsdp_data_mesh_matches_one_device():
-    config = tiny_config("single_stage:tiny_vq", **{"losses.discriminator_start": 0})
+    config = tiny_config("single_stage:tiny_vq", **{"discriminator.enabled": True, "losses.discriminator_start": 0})
     batch = next(pipeline.make_train_iterator(config.data, config.batch_size, seed=0))
     sharded_mesh = sh.make_mesh(data=2, fsdp=4, tensor=1)
     single_mesh = sh.make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])

@@ -22,7 +22,7 @@ def _final_state(config, workdir):
 
 @pytest.mark.parametrize("spec", ["single_stage:tiny_vq", "single_stage:tiny_vae"])
 def test_single_stage_with_gan(tmp_path, spec):
-    config = tiny_config(spec, **{"losses.discriminator_start": 1})
+    config = tiny_config(spec, **{"discriminator.enabled": True, "losses.discriminator_start": 1})
     metrics = loop.train(config, str(tmp_path))
     assert np.isfinite(metrics["total_loss"])
     # The discriminator trained from step 1 on, its LeCam EMAs moved, the generator saw its loss.
@@ -42,7 +42,10 @@ def test_two_stage_stage1_then_stage2(tmp_path):
     metrics1 = loop.train(config1, str(stage1_dir))
     # 64 random proxy codes: chance cross entropy is log(64) = 4.16
     assert 3.0 < metrics1["proxy_cross_entropy"] < 5.0
-    config2 = tiny_config("two_stage:tiny,stage=2", **{"init_from": str(stage1_dir), "losses.discriminator_start": 2})
+    config2 = tiny_config(
+        "two_stage:tiny,stage=2",
+        **{"init_from": str(stage1_dir), "discriminator.enabled": True, "losses.discriminator_start": 2},
+    )
     metrics2 = loop.train(config2, str(stage2_dir))
     assert np.isfinite(metrics2["total_loss"]) and metrics2["discriminator_loss"] > 0
 

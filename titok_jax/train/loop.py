@@ -72,12 +72,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if jax.process_index() == 0:
         logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
 
-    step_fn = jax.jit(
-        functools.partial(recipes.train_step, recipe=recipe),
-        in_shardings=(shardings, None, None),
-        out_shardings=(shardings, None),
-        donate_argnums=0,
-    )
+    # Two compiled steps at most: without the GAN before its start step, with it after.
+    step_fns = {
+        gan: jax.jit(
+            functools.partial(recipes.train_step, recipe=recipe, gan_active=gan),
+            in_shardings=(shardings, None, None),
+            out_shardings=(shardings, None),
+            donate_argnums=0,
+        )
+        for gan in (False, True)
+    }
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     hooks = []
     if jax.process_index() == 0:
@@ -91,7 +95,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     with jax.set_mesh(mesh):
         for step in range(start_step, config.total_steps):
             batch = _global_batch(next(train_iter), mesh)
-            state, metrics = step_fn(state, batch, frozen)
+            state, metrics = step_fns[recipe.gan_active(step)](state, batch, frozen)
             # Sum on device; the host only syncs every log_every steps.
             metric_sums = metrics if metric_sums is None else jax.tree.map(jnp.add, metric_sums, metrics)
             metric_count += 1

@@ -62,6 +62,10 @@ class TokenizerRecipe:
             codebook_usage_ema=usage,
         )
 
+    def gan_active(self, step: int) -> bool:
+        """Whether step `step` trains with a GAN (host-side int: the driver picks the step function)."""
+        return False
+
     # ---- losses ----------------------------------------------------------------
     def quantizer_terms(self, info: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Weighted quantizer (VQ) or KL (VAE) loss, and its metrics."""
@@ -165,7 +169,7 @@ class PixelRecipe(TokenizerRecipe):
         if self.perceptual_loss is not None and weights.perceptual_weight > 0:
             perceptual = self.perceptual_loss(frozen["perceptual"], decoded, images)
         adversarial = None
-        if self.discriminator is not None:
+        if "discriminator" in frozen:  # only from the GAN's start step on
             fake_logits = self.discriminator.apply(frozen["discriminator"], decoded)
             adversarial = losses.generator_adversarial_loss(fake_logits)
         # Stage 2 sets quantizer_weight 0: the frozen quantizer's loss is a constant there.
@@ -178,10 +182,23 @@ class PixelRecipe(TokenizerRecipe):
         metrics["loss"] = loss
         return loss, (metrics, jnp.clip(decoded, 0.0, 1.0))
 
+    def gan_active(self, step: int) -> bool:
+        return self.discriminator is not None and step >= self.loss_weights.discriminator_start
+
+    def idle_discriminator_metrics(self, state: TrainState, images: jax.Array) -> dict[str, jax.Array]:
+        """Zeros shaped like the discriminator's metrics, so every step reports the same keys."""
+
+        def metrics_of(d_params):
+            logits = self.discriminator.apply(d_params, images)
+            return losses.discriminator_loss(logits, logits, state.lecam, state.step, self.loss_weights)[2]
+
+        shapes = jax.eval_shape(metrics_of, state.discriminator["params"])
+        return jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes)
+
     def discriminator_step(
         self, state: TrainState, real: jax.Array, fake: jax.Array
     ) -> tuple[TrainState, dict[str, jax.Array]]:
-        """Hinge + LeCam update of the discriminator; skipped (state unchanged) before the start step."""
+        """Hinge + LeCam update of the discriminator (run from the start step on, see `gan_active`)."""
         weights = self.loss_weights
 
         def loss_fn(d_params):
@@ -190,31 +207,33 @@ class PixelRecipe(TokenizerRecipe):
             loss, lecam, metrics = losses.discriminator_loss(real_logits, fake_logits, state.lecam, state.step, weights)
             return loss, (lecam, metrics)
 
-        def update(_):
-            d = state.discriminator
-            grads, (lecam, metrics) = jax.grad(loss_fn, has_aux=True)(d["params"])
-            updates, opt_state = self.discriminator_optimizer.update(grads, d["opt_state"], d["params"])
-            discriminator = {"params": optax.apply_updates(d["params"], updates), "opt_state": opt_state}
-            return discriminator, lecam, metrics
-
-        def skip(_):
-            metrics = jax.eval_shape(lambda: loss_fn(state.discriminator["params"])[1][1])
-            zeros = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
-            return state.discriminator, state.lecam, zeros
-
-        active = state.step >= weights.discriminator_start
-        discriminator, lecam, metrics = jax.lax.cond(active, update, skip, None)
+        d = state.discriminator
+        grads, (lecam, metrics) = jax.grad(loss_fn, has_aux=True)(d["params"])
+        updates, opt_state = self.discriminator_optimizer.update(grads, d["opt_state"], d["params"])
+        discriminator = {"params": optax.apply_updates(d["params"], updates), "opt_state": opt_state}
         return state.replace(discriminator=discriminator, lecam=lecam), metrics
 
 
 def train_step(
-    state: TrainState, batch: dict[str, jax.Array], frozen: dict[str, Any], *, recipe: TokenizerRecipe
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    frozen: dict[str, Any],
+    *,
+    recipe: TokenizerRecipe,
+    gan_active: bool = True,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimisation step of any recipe (jitted once by the driver with donated state)."""
+    """One optimisation step of any recipe (jitted by the driver with donated state).
+
+    `gan_active` (static) adds the adversarial term and the discriminator update:
+    the driver compiles one step without and one with the GAN and switches at the
+    start step, instead of a traced lax.cond (which XLA:CPU ran ~7x slower) or
+    computing a discarded discriminator update on every early step.
+    """
     rng = jax.random.fold_in(jax.random.PRNGKey(recipe.seed), state.step)
     discriminator = getattr(recipe, "discriminator", None)
+    gan_active = gan_active and discriminator is not None
     context = {**frozen, "step": state.step}
-    if discriminator is not None:
+    if gan_active:
         context["discriminator"] = state.discriminator["params"]
 
     def grad_fn(microbatch, key):
@@ -236,11 +255,13 @@ def train_step(
         params = {**params, "params": {**params["params"], "quantize": {"codebook": codebook}}}
     params = optax.apply_updates(params, updates)
     decay = optim.ema_decay(state.step, recipe.ema_decay, recipe.ema_warmup)
-    metrics.update(grad_norm=optax.global_norm(grads), learning_rate=recipe.learning_rate(state.step))
+    metrics.update(grad_norm=optax.tree.norm(grads), learning_rate=recipe.learning_rate(state.step))
     # The discriminator sees the reconstructions of the generator's pre-update params, as officially.
-    if discriminator is not None:
+    if gan_active:
         state, d_metrics = recipe.discriminator_step(state, batch["image"], reconstructions)
         metrics.update(d_metrics)
+    elif discriminator is not None:
+        metrics.update(recipe.idle_discriminator_metrics(state, batch["image"]))
     new_state = state.replace(
         step=state.step + 1,
         params=params,
