@@ -90,9 +90,11 @@ class MultiHeadAttention(nn.Module):
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None  # None lets XLA / cuDNN choose.
     init_std: float = OFFICIAL_INIT_STD
+    # Dropout on the attention probabilities (the MaskGIT BERT's 0.1); training only.
+    attention_dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"Width {width} is not divisible by num_heads={self.num_heads}.")
@@ -109,7 +111,14 @@ class MultiHeadAttention(nn.Module):
             qkv_bias = self.param("qkv_bias", partitioned(ZEROS, sh.QKV, sh.HEADS, sh.HEAD_DIM), qkv_shape, jnp.float32)
             qkv = qkv + qkv_bias.astype(self.dtype)
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        out = jax.nn.dot_product_attention(query, key, value, implementation=self.attention_impl)
+        if self.attention_dropout > 0 and not deterministic:
+            # The fused kernels have no dropout: spell the (short-sequence) attention out.
+            scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(query.dtype)
+            probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(value.dtype)
+            probs = nn.Dropout(self.attention_dropout)(probs, deterministic=False)
+            out = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+        else:
+            out = jax.nn.dot_product_attention(query, key, value, implementation=self.attention_impl)
         out = nn.with_logical_constraint(out, (sh.BATCH, sh.LENGTH, sh.HEADS, sh.HEAD_DIM))
         out_kernel = self.param(
             "out_kernel",
