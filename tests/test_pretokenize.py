@@ -1,0 +1,103 @@
+"""Pretokenization: tokens equal the tokenizer's own encoding, shards split over processes, resume, refusals."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from train_helpers import tiny_config
+
+from titok_jax import checkpoint, pretokenize
+from titok_jax import sharding as sh
+from titok_jax.data import pipeline, transforms
+from titok_jax.models.titok import TiTok
+from titok_jax.train import build, loop
+
+
+def _write_tokenizer(config, workdir, step=2):
+    """A tokenizer workdir as training leaves it (a checkpoint at `step`), without compiling a train step."""
+    recipe, _ = build.build_recipe(config)
+    mesh = sh.make_mesh(**config.mesh)
+    _, init, _ = loop.create_train_state(recipe, config, mesh)
+    manager = checkpoint.make_manager(workdir, save_every=1, keep=1)
+    with jax.set_mesh(mesh):
+        checkpoint.save(manager, step, init(), None, force=True)
+    manager.wait_until_finished()
+    manager.close()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("tokenizer"))
+    config = tiny_config("single_stage:tiny_vq")
+    config.data.num_examples = 40
+    _write_tokenizer(config, workdir)
+    return config, workdir
+
+
+def _all_records(output):
+    names = sorted(n for n in os.listdir(output) if n.endswith(".array_record"))
+    return names, [r for n in names for r in pretokenize.read_shard(os.path.join(output, n))]
+
+
+def test_tokens_match_the_tokenizer_and_shards_split_over_processes(tokenizer, tmp_path):
+    config, workdir = tokenizer
+    output = str(tmp_path / "tokens")
+    for process in range(2):  # two processes, each writes its shards (0, 2) and (1)
+        metadata = pretokenize.pretokenize(
+            config, workdir, output, flip=True, shard_size=16, batch_size=8, process_index=process, process_count=2
+        )
+    names, records = _all_records(output)
+    assert names == [pretokenize.shard_name(i, 3) for i in range(3)]
+    assert [r["index"] for r in records] == list(range(40))
+    assert metadata["num_tokens"] == 16 and metadata["codebook_size"] == 256 and metadata["checkpoint_step"] == 2
+    with open(os.path.join(output, pretokenize.METADATA)) as f:
+        assert json.load(f)["codebook_sha256"] == metadata["codebook_sha256"]
+
+    # The same tokens as encoding the center-cropped images directly with the EMA params, in the same
+    # batches of 8 (near-tied codes can flip with another batch shape).
+    model, params, _ = pretokenize.load_tokenizer(config, workdir)
+    source = pipeline.make_source(config.data, train=True)
+    decode, crop = transforms.DecodeImage(), transforms.ResizeCenterCrop(32)
+    images = np.stack([crop.map(decode.map(source[i]))["image"] for i in range(40)])
+    encode = jax.jit(lambda p, x: model.apply(p, x, sample_posterior=False, method=TiTok.encode)[1]["indices"])
+    expected = np.concatenate([encode(params, jnp.asarray(images[i : i + 8])) for i in range(0, 40, 8)])
+    flipped = np.concatenate([encode(params, jnp.asarray(images[i : i + 8, :, ::-1])) for i in range(0, 40, 8)])
+    np.testing.assert_array_equal(np.stack([r["tokens"] for r in records]), np.asarray(expected))
+    np.testing.assert_array_equal(np.stack([r["flipped_tokens"] for r in records]), flipped)
+    np.testing.assert_array_equal([r["label"] for r in records], [source[i]["label"] for i in range(40)])
+    assert len(np.unique(expected)) > 16  # real token variety, not one code per position
+
+
+def test_rerun_skips_finished_shards_and_redoes_missing_ones(tokenizer, tmp_path):
+    config, workdir = tokenizer
+    output = str(tmp_path / "tokens")
+    pretokenize.pretokenize(config, workdir, output, shard_size=16, batch_size=8)
+    first, second = (os.path.join(output, pretokenize.shard_name(i, 3)) for i in (0, 1))
+    stamp = os.stat(first).st_mtime_ns
+    os.remove(second)
+    with open(second + ".tmp", "wb") as f:  # an interrupted write
+        f.write(b"partial")
+    pretokenize.pretokenize(config, workdir, output, shard_size=16, batch_size=8)
+    assert os.stat(first).st_mtime_ns == stamp
+    assert len(pretokenize.read_shard(second)) == 16
+
+
+def test_refuses_another_tokenizers_output_and_vae_tokenizers(tokenizer, tmp_path):
+    config, workdir = tokenizer
+    output = str(tmp_path / "tokens")
+    pretokenize.pretokenize(config, workdir, output, shard_size=16, batch_size=8)
+    other = config.copy_and_resolve_references()
+    other.seed = 7
+    other_dir = str(tmp_path / "other_tokenizer")
+    _write_tokenizer(other, other_dir)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        pretokenize.pretokenize(other, other_dir, output, shard_size=16, batch_size=8)
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        pretokenize.pretokenize(config, str(tmp_path / "nothing"), str(tmp_path / "t2"))
+    vae = tiny_config("single_stage:tiny_vae")
+    with pytest.raises(ValueError, match="VQ tokenizer"):
+        pretokenize.load_tokenizer(vae, workdir)
+    assert jax.device_count() == 8
