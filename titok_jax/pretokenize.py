@@ -29,11 +29,12 @@ from absl import app, flags, logging
 from array_record.python import array_record_module
 from ml_collections import config_flags
 
-from titok_jax import checkpoint, configs
+from titok_jax import configs
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline, transforms
 from titok_jax.models.titok import TiTok
 from titok_jax.train import build
+from titok_jax.train.loop import restore_newest
 
 METADATA = "metadata.json"
 
@@ -50,22 +51,15 @@ def shard_name(index: int, count: int) -> str:
 
 def load_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> tuple[TiTok, Any, dict[str, Any]]:
     """(model, EMA params, identity) of the newest checkpoint of a tokenizer training workdir."""
-    from titok_jax.train.loop import create_train_state  # the loop imports the data pipeline
-
     configs.validate_config(config)
     model_config = config.model
     if model_config.quantize_mode != "vq":
         raise ValueError("Pretokenizing needs a VQ tokenizer (discrete codes); this config is a VAE.")
-    manager = checkpoint.make_manager(workdir, save_every=1, keep=1_000_000)
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"--tokenizer={workdir!r} holds no checkpoint (expected a training workdir).")
     recipe, _ = build.build_recipe(config)
-    mesh = sh.make_mesh(**config.mesh)
-    abstract, _, _ = create_train_state(recipe, config, mesh)
-    with jax.set_mesh(mesh):
-        state = checkpoint.restore(manager, abstract, data_iterator=None)
-    manager.close()
+    restored = restore_newest(recipe, config, sh.make_mesh(**config.mesh), workdir)
+    if restored is None:
+        raise FileNotFoundError(f"--tokenizer={workdir!r} holds no checkpoint (expected a training workdir).")
+    state, step = restored
     params = jax.device_get(state.ema_params)
     codebook = np.asarray(params["params"]["quantize"]["codebook"])
     identity = {

@@ -48,6 +48,22 @@ def create_train_state(
     return abstract, init, shardings
 
 
+def restore_newest(
+    recipe: recipes.TokenizerRecipe, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str
+) -> tuple[TrainState, int] | None:
+    """(state, step) of the newest checkpoint in `workdir`, laid out for `recipe` on `mesh`; None if there is none."""
+    manager = checkpoint.make_manager(workdir, save_every=1, keep=1_000_000)
+    step = manager.latest_step()
+    if step is None:
+        manager.close()
+        return None
+    abstract, _, _ = create_train_state(recipe, config, mesh)
+    with jax.set_mesh(mesh):
+        state = checkpoint.restore(manager, abstract, data_iterator=None)
+    manager.close()
+    return state, step
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) the configured recipe in `workdir`; returns the last logged metrics."""
     configs.validate_config(config)

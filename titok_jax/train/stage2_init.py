@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from titok_jax import checkpoint
 from titok_jax.train import build, teacher
 from titok_jax.train.state import TrainState
 
@@ -23,7 +22,7 @@ def _stage1_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def init_from_stage1(state: TrainState, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> TrainState:
     """Replaces the random params of a fresh stage-2 state by stage-1 EMA params + teacher decoder."""
-    from titok_jax.train.loop import create_train_state  # the loop imports this module
+    from titok_jax.train.loop import restore_newest  # the loop imports this module
 
     directory = config.init_from
     if os.path.isdir(os.path.join(directory, "checkpoints")):
@@ -33,12 +32,10 @@ def init_from_stage1(state: TrainState, config: ml_collections.ConfigDict, mesh:
             f"config.init_from={config.init_from!r} is not a stage-1 workdir or checkpoints directory."
         )
     stage1_recipe, _ = build.build_recipe(_stage1_config(config))
-    abstract, _, _ = create_train_state(stage1_recipe, config, mesh)
-    manager = checkpoint.make_manager(os.path.dirname(directory), save_every=1, keep=1_000_000)
-    if manager.latest_step() is None:
+    restored = restore_newest(stage1_recipe, config, mesh, os.path.dirname(directory))
+    if restored is None:
         raise FileNotFoundError(f"No stage-1 checkpoint under {directory!r}.")
-    stage1 = checkpoint.restore(manager, abstract, data_iterator=None)
-    manager.close()
+    stage1, _ = restored
 
     _, teacher_variables = teacher.load_teacher(config.teacher, config.model.image_size, config.seed)
     params = dict(state.params["params"])
