@@ -14,6 +14,10 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+# The torch references must load before TensorFlow (pulled in by clu's metric writers):
+# importing torchvision after it segfaults (checked: `import clu.metric_writers; import torchvision`).
+import torchvision  # noqa: E402, F401
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _eight_devices():

@@ -13,6 +13,7 @@ EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
 TWO_STAGE = str(EXPERIMENTS / "titok_two_stage.py")
 SINGLE_STAGE = str(EXPERIMENTS / "titok_single_stage.py")
+GENERATOR = str(EXPERIMENTS / "maskgit_generator.py")
 
 RNGS = {"params": jax.random.PRNGKey(0), "noise": jax.random.PRNGKey(1)}
 

@@ -7,25 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_helpers import tiny_config
+import torch
+from torchvision.transforms import v2
+from train_helpers import tiny_config, write_tokenizer
 
-from titok_jax import checkpoint, pretokenize
-from titok_jax import sharding as sh
+from titok_jax import pretokenize
 from titok_jax.data import pipeline, transforms
 from titok_jax.models.titok import TiTok
-from titok_jax.train import build, loop
-
-
-def _write_tokenizer(config, workdir, step=2):
-    """A tokenizer workdir as training leaves it (a checkpoint at `step`), without compiling a train step."""
-    recipe, _ = build.build_recipe(config)
-    mesh = sh.make_mesh(**config.mesh)
-    _, init, _ = loop.create_train_state(recipe, config, mesh)
-    manager = checkpoint.make_manager(workdir, save_every=1, keep=1)
-    with jax.set_mesh(mesh):
-        checkpoint.save(manager, step, init(), None, force=True)
-    manager.wait_until_finished()
-    manager.close()
+from titok_jax.train import frozen_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +22,7 @@ def tokenizer(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("tokenizer"))
     config = tiny_config("single_stage:tiny_vq")
     config.data.num_examples = 40
-    _write_tokenizer(config, workdir)
+    write_tokenizer(config, workdir)
     return config, workdir
 
 
@@ -47,7 +36,14 @@ def test_tokens_match_the_tokenizer_and_shards_split_over_processes(tokenizer, t
     output = str(tmp_path / "tokens")
     for process in range(2):  # two processes, each writes its shards (0, 2) and (1)
         metadata = pretokenize.pretokenize(
-            config, workdir, output, flip=True, shard_size=16, batch_size=8, process_index=process, process_count=2
+            config,
+            workdir,
+            output,
+            augmentation="flip",
+            shard_size=16,
+            batch_size=8,
+            process_index=process,
+            process_count=2,
         )
     names, records = _all_records(output)
     assert names == [pretokenize.shard_name(i, 3) for i in range(3)]
@@ -58,15 +54,15 @@ def test_tokens_match_the_tokenizer_and_shards_split_over_processes(tokenizer, t
 
     # The same tokens as encoding the center-cropped images directly with the EMA params, in the same
     # batches of 8 (near-tied codes can flip with another batch shape).
-    model, params, _ = pretokenize.load_tokenizer(config, workdir)
+    model, params, _ = frozen_tokenizer.load_tokenizer(config, workdir)
     source = pipeline.make_source(config.data, train=True)
     decode, crop = transforms.DecodeImage(), transforms.ResizeCenterCrop(32)
     images = np.stack([crop.map(decode.map(source[i]))["image"] for i in range(40)])
     encode = jax.jit(lambda p, x: model.apply(p, x, sample_posterior=False, method=TiTok.encode)[1]["indices"])
     expected = np.concatenate([encode(params, jnp.asarray(images[i : i + 8])) for i in range(0, 40, 8)])
     flipped = np.concatenate([encode(params, jnp.asarray(images[i : i + 8, :, ::-1])) for i in range(0, 40, 8)])
-    np.testing.assert_array_equal(np.stack([r["tokens"] for r in records]), np.asarray(expected))
-    np.testing.assert_array_equal(np.stack([r["flipped_tokens"] for r in records]), flipped)
+    np.testing.assert_array_equal(np.stack([r["tokens"][0] for r in records]), np.asarray(expected))
+    np.testing.assert_array_equal(np.stack([r["tokens"][1] for r in records]), flipped)
     np.testing.assert_array_equal([r["label"] for r in records], [source[i]["label"] for i in range(40)])
     assert len(np.unique(expected)) > 16  # real token variety, not one code per position
 
@@ -92,12 +88,42 @@ def test_refuses_another_tokenizers_output_and_vae_tokenizers(tokenizer, tmp_pat
     other = config.copy_and_resolve_references()
     other.seed = 7
     other_dir = str(tmp_path / "other_tokenizer")
-    _write_tokenizer(other, other_dir)
+    write_tokenizer(other, other_dir)
     with pytest.raises(ValueError, match="another tokenizer"):
         pretokenize.pretokenize(other, other_dir, output, shard_size=16, batch_size=8)
-    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         pretokenize.pretokenize(config, str(tmp_path / "nothing"), str(tmp_path / "t2"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        pretokenize.pretokenize(config, str(tmp_path / "empty"), str(tmp_path / "t2"))
     vae = tiny_config("single_stage:tiny_vae")
     with pytest.raises(ValueError, match="VQ tokenizer"):
-        pretokenize.load_tokenizer(vae, workdir)
+        frozen_tokenizer.load_tokenizer(vae, workdir)
     assert jax.device_count() == 8
+
+
+def test_ten_crop_matches_torchvision():
+    image = np.random.default_rng(0).random((35, 35, 3)).astype(np.float32)
+    expected = v2.TenCrop(32)(torch.from_numpy(image).permute(2, 0, 1))
+    np.testing.assert_array_equal(
+        pretokenize.ten_crop(image, 32), np.stack([c.permute(1, 2, 0).numpy() for c in expected])
+    )
+
+
+def test_ten_crop_records_hold_ten_views(tokenizer, tmp_path):
+    config, workdir = tokenizer
+    output = str(tmp_path / "tokens")
+    metadata = pretokenize.pretokenize(config, workdir, output, augmentation="ten_crop", shard_size=64, batch_size=8)
+    _, records = _all_records(output)
+    assert metadata["views"] == 10 and [r["tokens"].shape for r in records] == [(10, 16)] * 40
+    # View 4 is the center 32 px of the 35 px (1.1x) center crop.
+    model, params, _ = frozen_tokenizer.load_tokenizer(config, workdir)
+    source = pipeline.make_source(config.data, train=True)
+    full = transforms.to_unit_float(
+        transforms.resize_shorter_side(transforms.DecodeImage().map(source[0])["image"], 35)
+    )
+    center = full[2:34, 2:34][None]
+    batch = np.concatenate([center, np.zeros((7, 32, 32, 3), np.float32)])
+    np.testing.assert_array_equal(
+        records[0]["tokens"][4], np.asarray(frozen_tokenizer.encode_indices(model, params, batch))[0]
+    )

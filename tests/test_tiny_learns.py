@@ -1,4 +1,7 @@
-"""The README's main job learns: held-out reconstructions end far better than at init and than the mean image.
+"""The README's commands, in order: the tiny tokenizer learns, its tokens pretokenize, the tiny generator
+learns them, and the sampler writes the evaluator's layout.
+
+Tokenizer: held-out reconstructions end far better than at init and than the mean image.
 
 The run is the README command itself (`python -m titok_jax.main --workdir=DIR`, one CPU
 device, tiny_vq, 600 steps) in a subprocess. (tiny_vae, measured the same way at 300 steps:
@@ -18,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import EXPERIMENTS, SINGLE_STAGE
+from helpers import EXPERIMENTS, GENERATOR, SINGLE_STAGE
 
 from titok_jax import configs
 from titok_jax import sharding as sh
+from titok_jax.data import tokens as token_data
 from titok_jax.train import build, loop
 
 
@@ -30,27 +34,63 @@ def _init_mse(config, images):
     mesh = sh.make_mesh(**config.mesh)
     _, init, _ = loop.create_train_state(recipe, config, mesh)
     with jax.set_mesh(mesh):
-        state = init()
-        reconstructions = loop._reconstruct(state.ema_params, jnp.asarray(images), frozen, recipe)
-    return float(jnp.mean(jnp.square(reconstructions - images)))
+        scalars, _ = loop.evaluate(init(), {"image": jnp.asarray(images)}, frozen, recipe)
+    return float(scalars["ema_reconstruction_mse"])
+
+
+def _run(*args):
+    """A README command (python -m ...) on one CPU device, as a user runs it; -> its last stdout line as JSON."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    command = [sys.executable, "-m", *args]
+    result = subprocess.run(command, cwd=EXPERIMENTS.parent, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _per_position_mode_accuracy(tokens_dir):
+    """The best context-free guess of a masked token: the most frequent code at its position."""
+    names = sorted(n for n in os.listdir(tokens_dir) if n.endswith(".array_record"))
+    codes = np.stack([r["tokens"][0] for n in names for r in token_data.read_shard(os.path.join(tokens_dir, n))])
+    modes = np.array([np.bincount(column).argmax() for column in codes.T])
+    return float(np.mean(codes == modes))
 
 
 @pytest.mark.slow
-def test_readme_run_learns(tmp_path):
+def test_readme_pipeline_learns(tmp_path):
     config = configs.load_config(f"{SINGLE_STAGE}:tiny_vq")  # the default of titok_jax.main
-    images = loop._held_out_batch(config)["image"]
+    images = build.make_data(config)[1]["image"]
     mean_image_mse = float(np.mean(np.square(images - images.mean(axis=0, keepdims=True))))
     init_mse = _init_mse(config, images)
+    tokenizer_dir, tokens_dir, generator_dir = (str(tmp_path / d) for d in ("tokenizer", "tokens", "generator"))
 
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as the README run
-    command = [sys.executable, "-m", "titok_jax.main", f"--workdir={tmp_path}"]
-    result = subprocess.run(command, cwd=EXPERIMENTS.parent, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    metrics = _run("titok_jax.main", f"--workdir={tokenizer_dir}")
 
     final_mse = metrics["eval/ema_reconstruction_mse"]
     print(f"tiny_vq: held-out MSE at init {init_mse:.4f}, mean image {mean_image_mse:.4f}, final {final_mse:.4f}")
     assert init_mse > 0.2
-    assert os.path.isdir(tmp_path / "checkpoints" / str(config.total_steps))
+    assert os.path.isdir(os.path.join(tokenizer_dir, "checkpoints", str(config.total_steps)))
     assert final_mse < init_mse / 3
     assert final_mse < 0.85 * mean_image_mse
+
+    metadata = _run(
+        "titok_jax.pretokenize",
+        f"--config={SINGLE_STAGE}:tiny_vq",
+        f"--tokenizer={tokenizer_dir}",
+        f"--output={tokens_dir}",
+        "--flip",
+    )
+    assert metadata["num_examples"] == config.data.num_examples and metadata["views"] == 2
+
+    # The generator's README command (half its steps, for time) over those tokens.
+    generator = [f"--config={GENERATOR}:tiny", f"--config.tokenizer.workdir={tokenizer_dir}"]
+    generator.append(f"--config.tokens_dir={tokens_dir}")
+    metrics = _run("titok_jax.main", *generator, f"--workdir={generator_dir}", "--config.total_steps=300")
+    baseline = _per_position_mode_accuracy(tokens_dir)
+    accuracy = metrics["masked_token_accuracy"]
+    print(f"tiny generator: masked-token accuracy {accuracy:.3f}; per-position mode {baseline:.3f}; chance 1/256")
+    assert accuracy > max(2 * baseline, 100 / 256)
+
+    summary = _run("titok_jax.sample", *generator, f"--workdir={generator_dir}", "--num_images=20")
+    samples = np.load(os.path.join(summary["output_dir"], "samples.npz"))
+    assert samples["arr_0"].shape == (20, 32, 32, 3) and samples["arr_0"].dtype == np.uint8
+    assert samples["tokens"].shape == (20, 16) and samples["tokens"].max() < 256

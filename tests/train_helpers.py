@@ -1,8 +1,21 @@
-"""Tiny training configs for the driver tests."""
+"""Tiny training configs for the driver tests, and a tokenizer workdir written without training."""
 
-from helpers import SINGLE_STAGE, TWO_STAGE
+import jax
+from helpers import GENERATOR, SINGLE_STAGE, TWO_STAGE
 
-from titok_jax import configs
+from titok_jax import checkpoint, configs
+from titok_jax import sharding as sh
+from titok_jax.train import build, loop
+
+
+def _apply_overrides(config, overrides):
+    for key, value in overrides.items():
+        target = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return config
 
 
 def tiny_config(spec: str = "single_stage:tiny_vq", **overrides):
@@ -18,10 +31,31 @@ def tiny_config(spec: str = "single_stage:tiny_vq", **overrides):
     config.log_every = 2
     config.image_every = 4
     config.checkpoint_every = 2
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return config
+    return _apply_overrides(config, overrides)
+
+
+def tiny_generator_config(tokenizer_workdir: str, tokens_dir: str = "", **overrides):
+    """The tiny generator, smaller still (1 layer, width 32), over a tokenizer written by `write_tokenizer`."""
+    config = configs.load_config(f"{GENERATOR}:tiny")
+    config.tokenizer.workdir = tokenizer_workdir
+    config.tokens_dir = tokens_dir
+    config.model.update(hidden_size=32, depth=1, num_heads=2, intermediate_size=64)
+    config.batch_size = 8
+    config.data.num_examples = 64
+    config.total_steps = 4
+    config.log_every = 2
+    config.sample_every = 4
+    config.checkpoint_every = 2
+    return _apply_overrides(config, overrides)
+
+
+def write_tokenizer(config, workdir, step=2):
+    """A tokenizer workdir as training leaves it (a checkpoint at `step`), without compiling a train step."""
+    recipe, _ = build.build_recipe(config)
+    mesh = sh.make_mesh(**config.mesh)
+    _, init, _ = loop.create_train_state(recipe, config, mesh)
+    manager = checkpoint.make_manager(workdir, save_every=1, keep=1)
+    with jax.set_mesh(mesh):
+        checkpoint.save(manager, step, init(), None, force=True)
+    manager.wait_until_finished()
+    manager.close()

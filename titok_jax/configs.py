@@ -101,9 +101,8 @@ MASKGIT_VQGAN = dict(
 )
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """Fields every experiment shares, with the official ImageNet recipe values;
-    experiment files fill in the model and override what differs."""
+def common_config() -> ml_collections.ConfigDict:
+    """Fields of every recipe (tokenizers and generator): seed, mesh, data, batch, optimizer, EMA, cadence."""
     config = ml_collections.ConfigDict()
     config.seed = 42
     # Mesh axis sizes; -1 fills with the remaining devices.
@@ -127,6 +126,16 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     config.ema = ml_collections.ConfigDict(dict(decay=0.999, warmup=True))
+    config.log_every = 50
+    config.checkpoint_every = 5_000
+    config.keep_checkpoints = 3
+    return config
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Fields every tokenizer experiment shares, with the official ImageNet recipe values;
+    experiment files fill in the model and override what differs."""
+    config = common_config()
     # Loss weights (official names). Stage 1 reads quantizer_weight only.
     config.losses = ml_collections.ConfigDict(dataclasses.asdict(losses.SINGLE_STAGE_LOSS_WEIGHTS))
     # The GAN discriminator of stage 2 and single-stage (hinge + LeCam), trained from losses.discriminator_start.
@@ -135,9 +144,6 @@ def base_config() -> ml_collections.ConfigDict:
     )
     # Perceptual networks (LPIPS-VGG, ConvNeXt-S) read from converted weight files.
     config.perceptual = ml_collections.ConfigDict(dict(lpips_weight=1.0, convnext_weight=0.1, weights=""))
-    config.log_every = 50
-    config.checkpoint_every = 5_000
-    config.keep_checkpoints = 3
     config.image_every = 5_000  # reconstruction grids and held-out reconstruction loss
     config.eval_batch_size = 64
     config.init_from = ""  # stage 2: a stage-1 workdir (or its checkpoints/STEP directory)
@@ -200,6 +206,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"batch_size={config.batch_size} does not split into grad_accum_steps={config.grad_accum_steps} micro-batches."
         )
+    if config.recipe == "generator":
+        validate_generator_config(config)
+        return
     model = titok_from_config(config.model)
     if config.data.image_size != model.image_size:
         raise ValueError(f"data.image_size={config.data.image_size} differs from model.image_size={model.image_size}.")
@@ -222,3 +231,48 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             k: getattr(model, k) for k in pixel_decoder_fields(teacher)
         }:
             raise ValueError("The stage-2 pixel decoder fields of config.model must equal the teacher VQGAN's.")
+
+
+def validate_generator_config(config: ml_collections.ConfigDict) -> None:
+    """The generator's own checks: model and sampling fields, and that the tokenizer (and the token
+    shards, when given) produce the codes this generator models. Reads no weights."""
+    from titok_jax.data.tokens import read_metadata
+    from titok_jax.models.maskgit import maskgit_from_config
+    from titok_jax.sampling import SamplingSettings
+
+    model = maskgit_from_config(config.model)
+    SamplingSettings.from_config(config.sampling)
+    if not 0.0 <= config.losses.class_dropout < 1.0:
+        raise ValueError(f"losses.class_dropout must be in [0, 1), got {config.losses.class_dropout}.")
+    if not config.tokenizer.config:
+        raise ValueError("config.tokenizer.config must name the tokenizer's experiment config (file.py[:variant]).")
+    tokenizer = load_config(config.tokenizer.config)
+    validate_config(tokenizer)
+    tok = tokenizer.model
+    if tok.quantize_mode != "vq":
+        raise ValueError(f"The generator models discrete codes; tokenizer {config.tokenizer.config!r} is a VAE.")
+    for ours, theirs, what in (
+        (model.codebook_size, tok.codebook_size, "codebook_size"),
+        (model.num_tokens, tok.num_latent_tokens, "num_tokens (the tokenizer's num_latent_tokens)"),
+    ):
+        if ours != theirs:
+            raise ValueError(
+                f"Generator/tokenizer mismatch: config.model {what} = {ours} but the tokenizer "
+                f"{config.tokenizer.config!r} has {theirs}. Set config.model to match the tokenizer."
+            )
+    if config.data.source == "synthetic" and config.data.num_classes > model.num_classes:
+        raise ValueError(f"data.num_classes={config.data.num_classes} exceeds model.num_classes={model.num_classes}.")
+    if config.tokens_dir:
+        metadata = read_metadata(config.tokens_dir)
+        for key, ours in (("codebook_size", model.codebook_size), ("num_tokens", model.num_tokens)):
+            if metadata.get(key) != ours:
+                raise ValueError(
+                    f"The token shards in config.tokens_dir={config.tokens_dir!r} have {key}={metadata.get(key)} "
+                    f"but the generator expects {ours}: they were written by another tokenizer. Pretokenize with "
+                    "the generator's tokenizer, or point tokens_dir at its shards."
+                )
+    elif config.data.image_size != tok.image_size:
+        raise ValueError(
+            f"Tokenizing on the fly: data.image_size={config.data.image_size} differs from the tokenizer's "
+            f"image_size={tok.image_size}."
+        )

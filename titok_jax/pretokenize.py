@@ -1,76 +1,38 @@
 r"""Pretokenize a data set with a trained TiTok (VQ) tokenizer, for generator training.
 
   python -m titok_jax.pretokenize --config=experiments/titok_single_stage.py:tiny_vq \
-      --tokenizer=/tmp/titok_tiny --output=/tmp/titok_tiny_tokens [--flip] [--split=train]
+      --tokenizer=/tmp/titok_tiny --output=/tmp/titok_tiny_tokens [--flip | --ten_crop] [--split=train]
 
-Images get the eval transform (shorter side to size, center crop); `--flip` also stores
-the tokens of the mirrored image. Output: `tokens-IIIII-of-NNNNN.array_record` shards
-(records: msgpack {"tokens": int32 (K,), "flipped_tokens"?, "label", "index"}) and
-`metadata.json` naming the tokenizer (config, checkpoint step, codebook hash), the token
-count and codebook size. Shard i belongs to process i % process_count; a shard is written
-to a temporary name and renamed when complete, so rerunning skips finished shards and
-redoes an interrupted one. Undecodable images are left out of their shard and counted.
+Views per image, as the official script offers: the center crop (shorter side to size);
+`--flip` adds the mirrored center crop; `--ten_crop` stores torchvision's TenCrop of a
+1.1x center crop instead (4 corners + center, and the same of the mirrored image). The
+generator's data pipeline picks one view per example at random. Output:
+`tokens-IIIII-of-NNNNN.array_record` shards (records: msgpack {"tokens": int32 (views, K),
+"label", "index"}) and `metadata.json` naming the tokenizer (config, checkpoint step,
+codebook hash), the token count, codebook size and views. Shard i belongs to process
+i % process_count; a shard is written to a temporary name and renamed when complete, so
+rerunning skips finished shards and redoes an interrupted one. Undecodable images are
+left out of their shard and counted.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from array_record.python import array_record_module
 from ml_collections import config_flags
 
-from titok_jax import configs
-from titok_jax import sharding as sh
-from titok_jax.data import pipeline, transforms
-from titok_jax.models.titok import TiTok
-from titok_jax.train import build
-from titok_jax.train.loop import restore_newest
+from titok_jax.data import pipeline, tokens, transforms
+from titok_jax.train.frozen_tokenizer import IDENTITY_KEYS, encode_indices, load_tokenizer
 
-METADATA = "metadata.json"
-
-
-@functools.partial(jax.jit, static_argnames="model")
-def encode_indices(model: TiTok, params: Any, images: jax.Array) -> jax.Array:
-    """Code indices (B, K) of the deterministic encoding (module-level: one compile per model and shape)."""
-    return model.apply(params, images, sample_posterior=False, method=TiTok.encode)[1]["indices"]
-
-
-def shard_name(index: int, count: int) -> str:
-    return f"tokens-{index:05d}-of-{count:05d}.array_record"
-
-
-def load_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> tuple[TiTok, Any, dict[str, Any]]:
-    """(model, EMA params, identity) of the newest checkpoint of a tokenizer training workdir."""
-    configs.validate_config(config)
-    model_config = config.model
-    if model_config.quantize_mode != "vq":
-        raise ValueError("Pretokenizing needs a VQ tokenizer (discrete codes); this config is a VAE.")
-    recipe, _ = build.build_recipe(config)
-    restored = restore_newest(recipe, config, sh.make_mesh(**config.mesh), workdir)
-    if restored is None:
-        raise FileNotFoundError(f"--tokenizer={workdir!r} holds no checkpoint (expected a training workdir).")
-    state, step = restored
-    params = jax.device_get(state.ema_params)
-    codebook = np.asarray(params["params"]["quantize"]["codebook"])
-    identity = {
-        "tokenizer_workdir": os.path.abspath(workdir),
-        "checkpoint_step": int(step),
-        "variant": config.get("variant", ""),
-        "num_tokens": int(model_config.num_latent_tokens),
-        "codebook_size": int(model_config.codebook_size),
-        "codebook_sha256": hashlib.sha256(codebook.astype(np.float32).tobytes()).hexdigest(),
-    }
-    return recipe.model, params, identity
+METADATA = tokens.METADATA
+shard_name, read_shard = tokens.shard_name, tokens.read_shard  # the shard format lives in data/tokens.py
 
 
 def _check_metadata(output_dir: str, metadata: dict[str, Any]) -> None:
@@ -79,13 +41,37 @@ def _check_metadata(output_dir: str, metadata: dict[str, Any]) -> None:
         return
     with open(path) as f:
         existing = json.load(f)
-    keys = ("codebook_sha256", "num_tokens", "codebook_size", "split", "num_shards", "num_examples", "flip")
+    keys = (*IDENTITY_KEYS, "split", "num_shards", "num_examples", "views")
     differing = [k for k in keys if existing.get(k) != metadata.get(k)]
     if differing:
         raise ValueError(
-            f"{output_dir!r} already holds tokens from another tokenizer or data set (differs in {differing}); "
-            "pick a new --output or delete the old one."
+            f"{output_dir!r} already holds tokens from another tokenizer, data set or view setting (differs in "
+            f"{differing}); pick a new --output or delete the old one."
         )
+
+
+def ten_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """torchvision TenCrop of a square (S, S, 3) image: corners tl, tr, bl, br, center, then those of the mirror."""
+    full = image.shape[0]
+    middle = round((full - size) / 2.0)
+    corners = ((0, 0), (0, full - size), (full - size, 0), (full - size, full - size), (middle, middle))
+    crops = [view[y : y + size, x : x + size] for view in (image, image[:, ::-1]) for y, x in corners]
+    return np.stack(crops)
+
+
+def _views(image: np.ndarray, size: int, augmentation: str) -> np.ndarray:
+    """uint8-or-float decoded image -> (views, size, size, 3) float in [0, 1]."""
+    if augmentation == "ten_crop":
+        crop_size = int(size * 1.1)  # as officially (LlamaGen's recipe)
+        full = transforms.to_unit_float(
+            transforms.center_crop(transforms.resize_shorter_side(image, crop_size), crop_size)
+        )
+        return ten_crop(full, size)
+    center = transforms.to_unit_float(transforms.center_crop(transforms.resize_shorter_side(image, size), size))
+    return np.stack([center, center[:, ::-1]] if augmentation == "flip" else [center])
+
+
+AUGMENTATIONS = {"center": 1, "flip": 2, "ten_crop": 10}
 
 
 def pretokenize(
@@ -93,83 +79,93 @@ def pretokenize(
     tokenizer_dir: str,
     output_dir: str,
     split: str = "train",
-    flip: bool = False,
+    augmentation: str = "center",
     shard_size: int = 1024,
     batch_size: int = 64,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> dict[str, Any]:
-    """Writes this process's missing shards; returns the metadata."""
+    """Writes this process's missing shards; returns the metadata.
+
+    `augmentation`: "center" (1 view), "flip" (center + mirror) or "ten_crop" (10 views).
+    """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}.")
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"Unknown augmentation {augmentation!r}; valid: {', '.join(AUGMENTATIONS)}.")
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     model, params, identity = load_tokenizer(config, tokenizer_dir)
     source = pipeline.make_source(config.data, train=split == "train")
     num_shards = -(-len(source) // shard_size)
-    metadata = {**identity, "split": split, "flip": flip, "num_examples": len(source), "num_shards": num_shards}
+    metadata = {
+        **identity,
+        "split": split,
+        "augmentation": augmentation,
+        "views": AUGMENTATIONS[augmentation],
+        "num_examples": len(source),
+        "num_shards": num_shards,
+    }
     os.makedirs(output_dir, exist_ok=True)
     _check_metadata(output_dir, metadata)
     if process_index == 0:
-        with open(os.path.join(output_dir, METADATA), "w") as f:
-            json.dump(metadata, f, indent=2, sort_keys=True)
+        tokens.write_metadata(output_dir, metadata)
 
     decode = transforms.DecodeImage(config.data.min_image_size, drop_failures=False)
-    crop = transforms.ResizeCenterCrop(config.data.image_size)
+    size, num_views = config.data.image_size, AUGMENTATIONS[augmentation]
     for shard in range(process_index, num_shards, process_count):
         path = os.path.join(output_dir, shard_name(shard, num_shards))
         if os.path.exists(path):
             logging.info("Shard %s exists: skipped.", path)
             continue
         indices = list(range(shard * shard_size, min(len(source), (shard + 1) * shard_size)))
-        records = [crop.map(decode.map(source[i])) for i in indices]
-        kept = [(i, r) for i, r in zip(indices, records, strict=True) if r[transforms.MASK]]
+        decoded = [(i, decode.map(source[i])) for i in indices]
+        kept = [(i, r) for i, r in decoded if r[transforms.MASK]]
         if len(kept) < len(indices):
             logging.warning("Shard %d: %d undecodable images left out.", shard, len(indices) - len(kept))
-        tmp = path + ".tmp"
-        writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+        records = []
         for start in range(0, len(kept), batch_size):
             chunk = kept[start : start + batch_size]
-            images = np.stack([r["image"] for _, r in chunk])
-            padded = np.concatenate([images, np.zeros((batch_size - len(chunk), *images.shape[1:]), images.dtype)])
-            tokens = np.asarray(encode_indices(model, params, jnp.asarray(padded)))[: len(chunk)]
-            flipped = None
-            if flip:
-                flipped = np.asarray(encode_indices(model, params, jnp.asarray(padded[:, :, ::-1])))[: len(chunk)]
-            for j, (index, record) in enumerate(chunk):
-                item = {"tokens": tokens[j].astype(np.int32), "label": int(record["label"]), "index": index}
-                if flip:
-                    item["flipped_tokens"] = flipped[j].astype(np.int32)
-                writer.write(flax.serialization.msgpack_serialize(item))
-        writer.close()
-        os.replace(tmp, path)
+            views = np.concatenate([_views(r["image"], size, augmentation) for _, r in chunk])  # (n * V, S, S, 3)
+            codes = []  # encoded in fixed batches of batch_size (one compile)
+            for begin in range(0, len(views), batch_size):
+                part = views[begin : begin + batch_size]
+                padded = np.concatenate([part, np.zeros((batch_size - len(part), *part.shape[1:]), part.dtype)])
+                codes.append(np.asarray(encode_indices(model, params, jnp.asarray(padded)))[: len(part)])
+            codes = np.concatenate(codes).reshape(len(chunk), num_views, -1).astype(np.int32)
+            records += [
+                {"tokens": codes[j], "label": int(record["label"]), "index": index}
+                for j, (index, record) in enumerate(chunk)
+            ]
+        tokens.write_shard(path, records)
         logging.info("Wrote %s (%d examples).", path, len(kept))
     return metadata
 
 
-def read_shard(path: str) -> list[dict[str, Any]]:
-    """All records of one shard, deserialised."""
-    reader = array_record_module.ArrayRecordReader(path)
-    try:
-        return [flax.serialization.msgpack_restore(r) for r in reader.read_all()]
-    finally:
-        reader.close()
-
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The tokenizer's experiment config file[:variant].")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "The tokenizer's training workdir.", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Directory for the token shards.", required=True)
-_SPLIT = flags.DEFINE_enum("split", "train", ["train", "eval"], "Which split of config.data.")
-_FLIP = flags.DEFINE_bool("flip", False, "Also store the tokens of the horizontally flipped image.")
-_SHARD_SIZE = flags.DEFINE_integer("shard_size", 1024, "Examples per shard.")
+def _define_flags() -> None:
+    """CLI flags, defined only when run as a program (the library imports this module)."""
+    config_flags.DEFINE_config_file("config", None, "The tokenizer's experiment config file[:variant].")
+    flags.DEFINE_string("tokenizer", None, "The tokenizer's training workdir.", required=True)
+    flags.DEFINE_string("output", None, "Directory for the token shards.", required=True)
+    flags.DEFINE_enum("split", "train", ["train", "eval"], "Which split of config.data.")
+    flags.DEFINE_bool("flip", False, "Also store the tokens of the horizontally mirrored center crop.")
+    flags.DEFINE_bool("ten_crop", False, "Store the 10 TenCrop views of a 1.1x center crop instead.")
+    flags.DEFINE_integer("shard_size", 1024, "Examples per shard.")
 
 
 def main(argv):
+    FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    metadata = pretokenize(_CONFIG.value, _TOKENIZER.value, _OUTPUT.value, _SPLIT.value, _FLIP.value, _SHARD_SIZE.value)
+    if FLAGS.config is None:
+        raise app.UsageError("--config is required (an experiment config file[:variant]).")
+    if FLAGS.flip and FLAGS.ten_crop:
+        raise app.UsageError("--flip and --ten_crop exclude each other (ten-crop views already include mirrors).")
+    augmentation = "ten_crop" if FLAGS.ten_crop else "flip" if FLAGS.flip else "center"
+    metadata = pretokenize(FLAGS.config, FLAGS.tokenizer, FLAGS.output, FLAGS.split, augmentation, FLAGS.shard_size)
     print(json.dumps(metadata, sort_keys=True))
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -16,8 +16,10 @@ Guidance, written as logits = cond + w_s * (cond - uncond):
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -135,3 +137,32 @@ def sample_tokens(
     ids = jnp.full((batch, num_tokens), mask_id, jnp.int32)
     ids, _ = jax.lax.fori_loop(0, num_steps, body, (ids, rng))
     return ids
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """The sampler's knobs (config.sampling); hashable, so a jitted sampler can take it static."""
+
+    num_steps: int = 8
+    guidance_scale: float = 0.0
+    guidance_schedule: str = "constant"
+    guidance_power: float = 3.0
+    randomize_temperature: float = 1.0
+    softmax_temperature_annealing: bool = False
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SamplingSettings:
+        fields = dict(config)
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(fields) - set(valid))
+        if unknown:
+            raise ValueError(f"Unknown sampling field(s) {unknown}; valid: {', '.join(valid)}.")
+        settings = cls(**fields)
+        if settings.num_steps < 1:
+            raise ValueError(f"sampling.num_steps must be >= 1, got {settings.num_steps}.")
+        guidance_weights(settings.num_steps, settings.guidance_scale, settings.guidance_schedule)  # validates
+        return settings
+
+    def sample(self, logits_fn: LogitsFn, class_ids: jax.Array, rng: jax.Array, **model_sizes: int) -> jax.Array:
+        """`sample_tokens` with these settings; model_sizes: num_tokens, codebook_size, null_class."""
+        return sample_tokens(logits_fn, class_ids, rng, **model_sizes, **dataclasses.asdict(self))

@@ -146,7 +146,7 @@ class DataIterator:
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._iterator)
-        self.num_skipped += int(np.sum(batch.pop(transforms.NUM_SKIPPED)))
+        self.num_skipped += int(np.sum(batch.pop(transforms.NUM_SKIPPED, 0)))
         return batch
 
     def __len__(self) -> int:
@@ -164,7 +164,7 @@ class DataIterator:
         self._iterator.start_prefetch()
 
 
-def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+def process_of(process_index: int | None, process_count: int | None) -> tuple[int, int]:
     # Resolved at call time (not as default arguments) so that importing this module never starts jax.
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
@@ -173,7 +173,7 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
     return index, count
 
 
-def _per_process_batch(global_batch_size: int, process_count: int) -> int:
+def per_process_batch(global_batch_size: int, process_count: int) -> int:
     if global_batch_size < 1 or global_batch_size % process_count:
         raise ValueError(
             f"global_batch_size={global_batch_size} must be a positive multiple of the process count {process_count}."
@@ -181,7 +181,7 @@ def _per_process_batch(global_batch_size: int, process_count: int) -> int:
     return global_batch_size // process_count
 
 
-def _data_loader(
+def data_loader(
     config: ml_collections.ConfigDict,
     source: Any,
     sampler: grain.samplers.IndexSampler,
@@ -212,8 +212,8 @@ def make_train_iterator(
     augmentation depend only on (data, seed, process_index, process_count).
     """
     config = validate_data_config(data_config)
-    index, count = _process(process_index, process_count)
-    batch_size = _per_process_batch(global_batch_size, count)
+    index, count = process_of(process_index, process_count)
+    batch_size = per_process_batch(global_batch_size, count)
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
         raise ValueError(f"The data seed must be an int in [0, 2**32) (grain's sampler), got {seed!r}.")
     source = make_source(config, train=True)
@@ -229,7 +229,7 @@ def make_train_iterator(
         transforms.RandomCropFlip(config.image_size),
         grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
     ]
-    loader = _data_loader(config, source, sampler, operations, shard_options)
+    loader = data_loader(config, source, sampler, operations, shard_options)
     return DataIterator(loader)
 
 
@@ -268,8 +268,8 @@ def make_eval_iterator(
     weight per-example metrics: padding and undecodable images have mask False.
     """
     config = validate_data_config(data_config)
-    index, count = _process(process_index, process_count)
-    batch_size = _per_process_batch(global_batch_size, count)
+    index, count = process_of(process_index, process_count)
+    batch_size = per_process_batch(global_batch_size, count)
     source = make_source(config, train=False)
     num_batches = -(-len(source) // global_batch_size)
     padded = PaddedSource(source, num_batches * global_batch_size)
@@ -282,5 +282,5 @@ def make_eval_iterator(
         transforms.ResizeCenterCrop(config.image_size),
         grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
     ]
-    loader = _data_loader(config, padded, sampler, operations, shard_options)
+    loader = data_loader(config, padded, sampler, operations, shard_options)
     return DataIterator(loader, num_batches=num_batches)

@@ -17,6 +17,7 @@ MaskGITUViT (S-128): pre-LN blocks, qkv without bias, depth/2 in-blocks, a mid b
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -161,3 +162,26 @@ class MaskGITUViT(nn.Module):
         x = layer_norm(sh.EMBED, "norm", self.dtype)(x)
         logits = dense(self.codebook_size, sh.EMBED, sh.CODEBOOK, "lm_head", self.dtype)(x[:, 1:])
         return logits.astype(jnp.float32)
+
+
+GENERATOR_ARCHITECTURES = {"vit": MaskGITBert, "uvit": MaskGITUViT}
+
+
+def maskgit_from_config(model_config: Any) -> MaskGITBert | MaskGITUViT:
+    """Builds a generator from a mapping of its fields plus `architecture` ("vit" or "uvit")."""
+    fields = dict(model_config)
+    architecture = fields.pop("architecture", None)
+    if architecture not in GENERATOR_ARCHITECTURES:
+        raise ValueError(
+            f"Unknown generator architecture {architecture!r}; valid: {', '.join(GENERATOR_ARCHITECTURES)}."
+        )
+    cls = GENERATOR_ARCHITECTURES[architecture]
+    valid = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+    unknown = sorted(set(fields) - set(valid))
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} field(s) {unknown}. Valid fields: {', '.join(valid)}.")
+    if isinstance(fields.get("dtype"), str):
+        fields["dtype"] = jnp.dtype(fields["dtype"])
+    if cls is MaskGITUViT and fields.get("depth", cls.depth) % 2:
+        raise ValueError("MaskGITUViT.depth counts in- plus out-blocks and must be even.")
+    return cls(**fields)

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
 
 from titok_jax import losses, optim
+from titok_jax.data import pipeline, tokens
 from titok_jax.models.discriminator import NLayerDiscriminator
 from titok_jax.models.titok import titok_from_config
 from titok_jax.train import recipes, teacher
 
+RECIPES = ("two_stage_1", "two_stage_2", "single_stage", "generator")
 
-def build_recipe(config: ml_collections.ConfigDict) -> tuple[recipes.TokenizerRecipe, dict[str, Any]]:
+
+def build_recipe(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]]:
     """-> (recipe, frozen weights). Reads weight files, so call it before compiling anything."""
-    model = titok_from_config(config.model)
     stage = config.recipe
+    if stage == "generator":
+        from titok_jax.train.generator import build_generator_recipe  # it loads tokenizers through this module
+
+        return build_generator_recipe(config)
+    model = titok_from_config(config.model)
     frozen_prefixes = recipes.STAGE2_FROZEN if stage == "two_stage_2" else ()
     frozen_fn = (lambda params: optim.trainable_mask(params, frozen_prefixes, negate=True)) if frozen_prefixes else None
     common = dict(
@@ -54,7 +63,31 @@ def build_recipe(config: ml_collections.ConfigDict) -> tuple[recipes.TokenizerRe
             **common, loss_weights=weights, freeze_encoder=stage == "two_stage_2", **gan, **perceptual
         )
         return recipe, frozen
-    raise ValueError(f"Unknown recipe {stage!r}; valid recipes: two_stage_1, two_stage_2, single_stage.")
+    raise ValueError(f"Unknown recipe {stage!r}; valid recipes: {', '.join(RECIPES)}.")
+
+
+def make_data(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, np.ndarray]]:
+    """-> (this process's train iterator, its part of the evaluation batch)."""
+    if config.recipe != "generator":
+        train_iter = pipeline.make_train_iterator(config.data, config.batch_size, seed=config.seed)
+        eval_batch = next(iter(pipeline.make_eval_iterator(config.data, config.eval_batch_size)))
+        return train_iter, {"image": eval_batch["image"]}
+    from titok_jax.train.generator import grid_class_ids
+
+    if config.tokens_dir:
+        train_iter = tokens.make_token_train_iterator(
+            config.tokens_dir, config.batch_size, config.seed, config.model.num_classes, config.data
+        )
+    else:  # images, tokenized inside the step
+        train_iter = pipeline.make_train_iterator(config.data, config.batch_size, seed=config.seed)
+    class_ids = grid_class_ids(config.model.num_classes, jax.device_count())
+    local = np.split(class_ids, jax.process_count())[jax.process_index()]
+    return train_iter, {"label": local}
+
+
+def eval_every(config: ml_collections.ConfigDict) -> int:
+    """Steps between evaluations: image_every (tokenizers' reconstructions) or sample_every (generator)."""
+    return config.sample_every if config.recipe == "generator" else config.image_every
 
 
 def load_perceptual(config: ml_collections.ConfigDict) -> tuple[Any, Any]:

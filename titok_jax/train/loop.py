@@ -1,8 +1,12 @@
-"""The one driver loop shared by every tokenizer recipe.
+"""The one driver loop shared by every recipe (tokenizer stages and the MaskGIT generator).
 
 flags -> validated config -> mesh -> grain iterator (this process's shard) ->
 abstract state -> shardings -> jitted init or restore -> loop {global batch ->
-jitted train_step -> metrics every log_every -> async checkpoint} -> final save.
+jitted train_step -> metrics every log_every -> evaluation grid every
+eval_every -> async checkpoint} -> final save.
+
+A recipe gives `example_batch()`, `init(rng, batch)`, `generator_loss(...)`,
+`gan_active(step)` and `evaluate(state, eval_batch, frozen) -> (scalars, grid rows)`.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from clu import metric_writers, parameter_overview, periodic_actions
 
 from titok_jax import checkpoint, configs
 from titok_jax import sharding as sh
-from titok_jax.data import pipeline
 from titok_jax.train import build, recipes, stage2_init
 from titok_jax.train.state import TrainState
+
+# What a step or an evaluation reads from a batch (eval batches also carry e.g. "mask").
+BATCH_KEYS = ("image", "label", "tokens")
 
 
 def _global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
@@ -31,25 +37,23 @@ def _global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -
     return {
         k: jax.make_array_from_process_local_data(sh.batch_sharding(mesh, v.ndim), v)
         for k, v in local_batch.items()
-        if k in ("image", "label")
+        if k in BATCH_KEYS
     }
 
 
-def create_train_state(
-    recipe: recipes.TokenizerRecipe, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-) -> tuple[Any, Any, Any]:
+def create_train_state(recipe: Any, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[Any, Any, Any]:
     """-> (abstract state with shardings, init fn writing straight into them, shardings)."""
-    images = jnp.zeros((1, *recipe.model.image_shape), jnp.float32)
+    batch = recipe.example_batch()
     rng = jax.random.PRNGKey(config.seed)
-    boxed = jax.eval_shape(recipe.init, rng, images)
+    boxed = jax.eval_shape(recipe.init, rng, batch)
     shardings = sh.logical_shardings(boxed, mesh)
     abstract = checkpoint.abstract_with_shardings(nn.meta.unbox(boxed), shardings)
-    init = jax.jit(lambda: nn.meta.unbox(recipe.init(rng, images)), out_shardings=shardings)
+    init = jax.jit(lambda: nn.meta.unbox(recipe.init(rng, batch)), out_shardings=shardings)
     return abstract, init, shardings
 
 
 def restore_newest(
-    recipe: recipes.TokenizerRecipe, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str
+    recipe: Any, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str
 ) -> tuple[TrainState, int] | None:
     """(state, step) of the newest checkpoint in `workdir`, laid out for `recipe` on `mesh`; None if there is none."""
     manager = checkpoint.make_manager(workdir, save_every=1, keep=1_000_000)
@@ -71,8 +75,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     mesh = sh.make_mesh(**config.mesh)
     frozen = jax.device_put(frozen, sh.replicated(mesh))
 
-    train_iter = pipeline.make_train_iterator(config.data, config.batch_size, seed=config.seed)
-    eval_batch = _held_out_batch(config)
+    train_iter, eval_batch = build.make_data(config)
+    eval_every = build.eval_every(config)
 
     abstract, init, shardings = create_train_state(recipe, config, mesh)
     manager = checkpoint.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints)
@@ -82,7 +86,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             state = checkpoint.restore(manager, abstract, train_iter)
         else:
             state = init()
-            if config.init_from:
+            if config.get("init_from"):
                 state = stage2_init.init_from_stage1(state, config, mesh)
     start_step = int(jax.device_get(state.step))
     if jax.process_index() == 0:
@@ -126,7 +130,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 )
                 writer.write_scalars(done, last_metrics)
                 metric_sums, metric_count, window_start = None, 0, time.time()
-            if done % config.image_every == 0 or done == config.total_steps:
+            if done % eval_every == 0 or done == config.total_steps:
                 last_metrics.update(_evaluate_and_write_images(recipe, state, eval_batch, frozen, mesh, writer, done))
             checkpoint.save(manager, done, state, train_iter, force=done == config.total_steps)
             if manager.reached_preemption(done):
@@ -139,19 +143,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     return last_metrics
 
 
-def _held_out_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-    """A fixed batch of evaluation images (eval transform) for loss and image grids."""
-    eval_iter = pipeline.make_eval_iterator(config.data, config.eval_batch_size)
-    return next(iter(eval_iter))
-
-
 @functools.partial(jax.jit, static_argnames=("recipe",))
-def _reconstruct(params: Any, images: jax.Array, frozen: dict[str, Any], recipe: recipes.TokenizerRecipe):
-    return recipe.reconstruct(params, images, frozen)
+def evaluate(state: TrainState, eval_batch: dict[str, jax.Array], frozen: dict[str, Any], recipe: Any):
+    """The recipe's evaluation: (scalars, grid rows (R, C, H, W, 3) in [0, 1])."""
+    return recipe.evaluate(state, eval_batch, frozen)
 
 
 def _evaluate_and_write_images(
-    recipe: recipes.TokenizerRecipe,
+    recipe: Any,
     state: TrainState,
     eval_batch: dict[str, np.ndarray],
     frozen: dict[str, Any],
@@ -159,20 +158,16 @@ def _evaluate_and_write_images(
     writer: metric_writers.MetricWriter,
     step: int,
 ) -> dict[str, float]:
-    """Held-out reconstruction MSE of params and EMA params, and an image grid."""
-    images = _global_batch({"image": eval_batch["image"]}, mesh)["image"]
-    results, grid = {}, None
-    for name, params in (("params", state.params), ("ema", state.ema_params)):
-        reconstructions = _reconstruct(params, images, frozen, recipe)
-        results[f"eval/{name}_reconstruction_mse"] = float(jnp.mean(jnp.square(reconstructions - images)))
-        if name == "ema":
-            grid = _image_grid(np.asarray(jax.device_get(images))[:8], np.asarray(jax.device_get(reconstructions))[:8])
-    writer.write_scalars(step, results)
-    writer.write_images(step, {"reconstructions": grid[None]})
+    """Writes the recipe's evaluation scalars (as eval/NAME) and its image grid."""
+    scalars, rows = evaluate(state, _global_batch(eval_batch, mesh), frozen, recipe)
+    results = {f"eval/{k}": float(v) for k, v in jax.device_get(scalars).items()}
+    if results:
+        writer.write_scalars(step, results)
+    writer.write_images(step, {recipe.grid_name: image_grid(np.asarray(jax.device_get(rows)))[None]})
     return results
 
 
-def _image_grid(originals: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
-    """Two rows: originals above their reconstructions, uint8."""
-    rows = [np.concatenate(list(x), axis=1) for x in (originals, reconstructions)]
-    return (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
+def image_grid(rows: np.ndarray) -> np.ndarray:
+    """(R, C, H, W, 3) in [0, 1] -> one uint8 (R*H, C*W, 3) image."""
+    tiled = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+    return (np.clip(tiled, 0, 1) * 255).round().astype(np.uint8)

@@ -9,7 +9,7 @@ jitted step: the VQGAN teacher, perceptual networks.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,7 @@ def codebook_usage(indices: jax.Array, codebook_size: int) -> jax.Array:
 class TokenizerRecipe:
     """Base: TiTok trained by one optimizer, EMA of its params."""
 
+    grid_name: ClassVar[str] = "reconstructions"  # the image grid `evaluate` returns
     model: TiTok
     optimizer: optax.GradientTransformation
     learning_rate: optax.Schedule
@@ -49,8 +50,12 @@ class TokenizerRecipe:
         params_rng, noise_rng = jax.random.split(rng)
         return self.model.init({"params": params_rng, "noise": noise_rng}, images)
 
-    def init(self, rng: jax.Array, images: jax.Array) -> TrainState:
-        params = self.init_params(rng, images)
+    def example_batch(self) -> dict[str, jax.Array]:
+        """A one-example batch of the right shapes (for init and abstract state)."""
+        return {"image": jnp.zeros((1, *self.model.image_shape), jnp.float32)}
+
+    def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+        params = self.init_params(rng, batch["image"])
         usage = None
         if self.model.quantize_mode == "vq" and self.model.clustering_vq:
             usage = jnp.zeros((self.model.codebook_size,), jnp.float32)
@@ -90,6 +95,17 @@ class TokenizerRecipe:
         """Deterministic reconstructions (posterior mean for VAE), pixels clipped to [0, 1]."""
         decoded, _ = self.model.apply(params, images, sample_posterior=False)
         return jnp.clip(decoded, 0.0, 1.0)
+
+    def evaluate(
+        self, state: TrainState, eval_batch: dict[str, jax.Array], frozen: dict[str, Any]
+    ) -> tuple[dict[str, jax.Array], jax.Array]:
+        """Held-out reconstruction MSE of params and EMA params, and grid rows (originals, EMA reconstructions)."""
+        images = eval_batch["image"]
+        scalars = {}
+        for name, params in (("params", state.params), ("ema", state.ema_params)):
+            reconstructions = self.reconstruct(params, images, frozen)
+            scalars[f"{name}_reconstruction_mse"] = jnp.mean(jnp.square(reconstructions - images))
+        return scalars, jnp.stack([images[:8], reconstructions[:8]])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -146,11 +162,11 @@ class PixelRecipe(TokenizerRecipe):
     discriminator_optimizer: optax.GradientTransformation | None = None
     perceptual_loss: Any = None
 
-    def init(self, rng, images):
-        state = super().init(rng, images)
+    def init(self, rng, batch):
+        state = super().init(rng, batch)
         if self.discriminator is None:
             return state
-        d_params = self.discriminator.init(jax.random.fold_in(rng, 1), images)
+        d_params = self.discriminator.init(jax.random.fold_in(rng, 1), batch["image"])
         return state.replace(
             discriminator={"params": d_params, "opt_state": self.discriminator_optimizer.init(d_params)},
             lecam=losses.init_lecam_ema(),

@@ -1,0 +1,55 @@
+"""A trained TiTok VQ tokenizer, loaded frozen: for pretokenizing, generator training and sampling."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from titok_jax import configs
+from titok_jax import sharding as sh
+from titok_jax.models.titok import TiTok
+from titok_jax.train import build
+from titok_jax.train.loop import restore_newest
+
+# What names a tokenizer; token shards record it and the generator checks it.
+IDENTITY_KEYS = ("num_tokens", "codebook_size", "codebook_sha256")
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def encode_indices(model: TiTok, params: Any, images: jax.Array) -> jax.Array:
+    """Code indices (B, K) of the deterministic encoding (module-level: one compile per model and shape)."""
+    return model.apply(params, images, sample_posterior=False, method=TiTok.encode)[1]["indices"]
+
+
+def load_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> tuple[TiTok, Any, dict[str, Any]]:
+    """(model, EMA params on the host, identity) of the newest checkpoint of a tokenizer training workdir."""
+    configs.validate_config(config)
+    model_config = config.model
+    if model_config.quantize_mode != "vq":
+        raise ValueError("A token generator needs a VQ tokenizer (discrete codes); this config is a VAE.")
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(
+            f"Tokenizer workdir {workdir!r} does not exist (expected a tokenizer training workdir)."
+        )
+    recipe, _ = build.build_recipe(config)
+    restored = restore_newest(recipe, config, sh.make_mesh(**config.mesh), workdir)
+    if restored is None:
+        raise FileNotFoundError(f"Tokenizer workdir {workdir!r} holds no checkpoint (expected a training workdir).")
+    state, step = restored
+    params = jax.device_get(state.ema_params)
+    codebook = np.asarray(params["params"]["quantize"]["codebook"])
+    identity = {
+        "tokenizer_workdir": os.path.abspath(workdir),
+        "checkpoint_step": int(step),
+        "variant": config.get("variant", ""),
+        "num_tokens": int(model_config.num_latent_tokens),
+        "codebook_size": int(model_config.codebook_size),
+        "codebook_sha256": hashlib.sha256(codebook.astype(np.float32).tobytes()).hexdigest(),
+    }
+    return recipe.model, params, identity
