@@ -112,3 +112,23 @@ def test_psnr_and_ssim_equal_skimage():
         )
         np.testing.assert_allclose(ours_ssim[i], reference, atol=1e-5)
     assert float(scores.ssim(jnp.asarray(batch[:1]), jnp.asarray(batch[:1]))[0]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_gfid_of_samples_against_reference_statistics_of_the_same_images(tmp_path):
+    from train_helpers import tiny_config
+
+    from titok_jax import evaluate
+    from titok_jax.data import pipeline
+
+    config = tiny_config("single_stage:tiny_vq", **{"data.eval_num_examples": 8})
+    summary = evaluate.reference_statistics(config, str(tmp_path / "ref.npz"), inception_weights="")
+    assert summary["num_images"] == 8 and not summary["real_inception"]
+    images = np.concatenate([b["image"][b["mask"]] for b in pipeline.make_eval_iterator(config.data, 8)])
+    np.savez(tmp_path / "samples.npz", arr_0=np.round(images * 255).astype(np.uint8))
+    result = evaluate.evaluate_samples(str(tmp_path / "samples.npz"), str(tmp_path / "ref.npz"), "", batch_size=8)
+    assert result["num_images"] == 8
+    _, sigma = fid.load_statistics(str(tmp_path / "ref.npz"))
+    assert abs(result["gfid_random_inception"]) < 1e-3 * np.trace(sigma)  # the same images: ~0
+    np.savez(tmp_path / "float.npz", arr_0=images)
+    with pytest.raises(ValueError, match="uint8"):
+        evaluate.evaluate_samples(str(tmp_path / "float.npz"), str(tmp_path / "ref.npz"), "")

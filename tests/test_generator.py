@@ -154,7 +154,7 @@ def test_refuses_mismatched_tokenizers_and_shards_before_training(tokenizer, tmp
         configs.validate_config(tiny_generator_config(workdir, str(tmp_path)))
     with pytest.raises(ValueError, match=r"config\.tokenizer\.workdir"):
         build.build_recipe(tiny_generator_config(""))
-    with pytest.raises(FileNotFoundError, match="no generator checkpoint"):
+    with pytest.raises(FileNotFoundError, match="not a generator workdir"):
         sample.sample(tiny_generator_config(workdir), str(tmp_path / "empty"), num_images=2)
 
 

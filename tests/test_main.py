@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 from helpers import EXPERIMENTS
 
 REPO = EXPERIMENTS.parent
@@ -38,6 +39,10 @@ def test_main_trains_the_configured_variant_with_overrides_in_bf16(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["kl_loss"] > 0 and metrics["reconstruction_loss"] > 0
+    # The end-of-run evaluation (tiny default: random Inception, labelled so) over the 8 held-out images.
+    assert metrics["eval/num_images"] == 8 and np.isfinite(metrics["eval/rfid_random_inception"])
+    assert 0 < metrics["eval/ssim"] < 1 and metrics["eval/psnr"] > 0
+    assert "eval/codebook_usage" not in metrics  # a VAE has no codes
     assert os.path.isdir(tmp_path / "checkpoints" / "2")
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
 

@@ -71,6 +71,9 @@ def test_readme_pipeline_learns(tmp_path):
     assert os.path.isdir(os.path.join(tokenizer_dir, "checkpoints", str(config.total_steps)))
     assert final_mse < init_mse / 3
     assert final_mse < 0.85 * mean_image_mse
+    # The run reports its end-of-training evaluation (64 held-out images, random Inception: labelled).
+    assert metrics["eval/num_images"] == 64 and np.isfinite(metrics["eval/rfid_random_inception"])
+    assert 0 < metrics["eval/codebook_usage"] <= 1 and metrics["eval/codebook_entropy_bits"] > 1
 
     metadata = _run(
         "titok_jax.pretokenize",

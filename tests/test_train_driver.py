@@ -86,6 +86,7 @@ def _run_main(workdir, *overrides):
         "--config.log_every=10",
         "--config.image_every=40",
         "--config.losses.discriminator_start=5",
+        "--config.evaluation.every=0",
         *overrides,
     ]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}

@@ -31,6 +31,7 @@ def tiny_config(spec: str = "single_stage:tiny_vq", **overrides):
     config.log_every = 2
     config.image_every = 4
     config.checkpoint_every = 2
+    config.evaluation.every = 0  # the full-split evaluation (Inception at 299 px) is tested on its own
     return _apply_overrides(config, overrides)
 
 

@@ -30,9 +30,8 @@ from PIL import Image
 
 from titok_jax import configs
 from titok_jax import sharding as sh
-from titok_jax.train import build
 from titok_jax.train.generator import GeneratorRecipe
-from titok_jax.train.loop import image_grid, restore_newest
+from titok_jax.train.loop import image_grid, restore_for_inference
 
 GRID_IMAGES = 64
 
@@ -68,12 +67,9 @@ def sample(
     configs.validate_config(config)
     if config.recipe != "generator":
         raise ValueError(f"--config must be a generator config (recipe 'generator'), got recipe {config.recipe!r}.")
-    recipe, frozen = build.build_recipe(config)
-    mesh = sh.make_mesh(**config.mesh)
-    restored = restore_newest(recipe, config, mesh, workdir)
-    if restored is None:
-        raise FileNotFoundError(f"--workdir={workdir!r} holds no generator checkpoint; train one with titok_jax.main.")
-    state, step = restored
+    recipe, frozen, mesh, state, step = restore_for_inference(
+        config, workdir, "it is not a generator workdir (train one with titok_jax.main)."
+    )
     output_dir = output_dir or os.path.join(workdir, "samples", f"step_{step}")
 
     devices = jax.device_count()

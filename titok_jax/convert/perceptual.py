@@ -47,8 +47,13 @@ _SOURCES_HELP = (
 # ---------------------------------------------------------------------------- reading
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A flat {name: float32 array} from a `.safetensors` file or a torch `.pth/.pt/.bin` state dict."""
+def read_state_dict(path: str | os.PathLike, drop_suffixes: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """A flat {name: float32 array} from a `.safetensors` file or a torch `.pth/.pt/.bin` state dict.
+
+    Keys ending in one of `drop_suffixes` are left out before the float check,
+    e.g. BatchNorm's integer `num_batches_tracked` counters, which no inference
+    network reads.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint file at {path!r}.")
@@ -66,7 +71,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(
             f"Cannot read {path!r}: expected a .safetensors file or a torch state dict ({', '.join(_TORCH_SUFFIXES)})."
         )
-    return {key: _as_float32(key, value, path) for key, value in state.items()}
+    return {
+        key: _as_float32(key, value, path) for key, value in state.items() if not key.endswith(tuple(drop_suffixes))
+    }
 
 
 def _read_torch(path: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 
 from titok_jax import checkpoint, configs
 from titok_jax import sharding as sh
+from titok_jax.evaluation import tokenizer_eval
 from titok_jax.train import build, recipes, stage2_init
 from titok_jax.train.state import TrainState
 
@@ -68,6 +69,17 @@ def restore_newest(
     return state, step
 
 
+def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, hint: str) -> tuple[Any, ...]:
+    """(recipe, frozen, mesh, state, step) of the newest checkpoint in `workdir`; a missing one raises
+    FileNotFoundError ending with `hint` (what to do instead)."""
+    recipe, frozen = build.build_recipe(config)
+    mesh = sh.make_mesh(**config.mesh)
+    restored = restore_newest(recipe, config, mesh, workdir)
+    if restored is None:
+        raise FileNotFoundError(f"--workdir={workdir!r} holds no checkpoint; {hint}")
+    return recipe, frozen, mesh, *restored
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (or resumes) the configured recipe in `workdir`; returns the last logged metrics."""
     configs.validate_config(config)
@@ -77,6 +89,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     train_iter, eval_batch = build.make_data(config)
     eval_every = build.eval_every(config)
+    evaluation = config.get("evaluation")  # tokenizers: the full eval-split metrics
+    if evaluation is not None and evaluation.every:
+        inception_vars, real_inception = tokenizer_eval.load_inception(evaluation.inception_weights)  # fails early
+        inception_vars = jax.device_put(inception_vars, sh.replicated(mesh))
 
     abstract, init, shardings = create_train_state(recipe, config, mesh)
     manager = checkpoint.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints)
@@ -132,6 +148,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 metric_sums, metric_count, window_start = None, 0, time.time()
             if done % eval_every == 0 or done == config.total_steps:
                 last_metrics.update(_evaluate_and_write_images(recipe, state, eval_batch, frozen, mesh, writer, done))
+            if (
+                evaluation is not None
+                and evaluation.every
+                and (done % evaluation.every == 0 or done == config.total_steps)
+            ):
+                results = tokenizer_eval.evaluate_tokenizer(
+                    recipe, state.ema_params, frozen, config.data, config.eval_batch_size, mesh,
+                    inception_vars, real_inception, evaluation.metrics, evaluation.max_images,
+                )  # fmt: skip
+                writer.write_scalars(done, {f"eval/{k}": v for k, v in results.items()})
+                last_metrics.update({f"eval/{k}": v for k, v in results.items()})
             checkpoint.save(manager, done, state, train_iter, force=done == config.total_steps)
             if manager.reached_preemption(done):
                 logging.warning("Preemption signal at step %d: saving and exiting.", done)

@@ -1,0 +1,160 @@
+"""Tokenizer and sample evaluation inside the sharded JAX program: rFID, IS, codebook, PSNR / SSIM, gFID.
+
+rFID protocol (spec): eval split, shorter side to size + center crop, reconstructions clamped to
+[0, 1] and rounded to /255, Inception pool features of reconstructions against those of the
+originals (same pass). Batches are global and sharded over (data, fsdp); the eval set is padded to
+whole batches and `mask` drops the padding and undecodable images, so each real image counts once.
+Without an Inception weight file the network has random weights (fixed seed): the metrics are then
+named `*_random_inception` and only comparable with each other.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from titok_jax import sharding as sh
+from titok_jax.data import pipeline
+from titok_jax.evaluation import fid, scores
+from titok_jax.evaluation.statistics import RunningStatistics, to_host
+from titok_jax.models import inception
+from titok_jax.models.titok import TiTok
+
+METRICS = ("rfid", "is", "codebook", "psnr", "ssim")
+INCEPTION_SEED = 0
+
+
+def random_inception_variables(seed: int = INCEPTION_SEED) -> Any:
+    """A random FID Inception (BatchNorm at identity statistics), He-scaled so that activations keep
+    their size through ~90 ReLU layers (the module's LeCun init would shrink them ~1e6-fold)."""
+    images = jnp.zeros((1, inception.INCEPTION_IMAGE_SIZE, inception.INCEPTION_IMAGE_SIZE, 3), jnp.float32)
+    variables = nn.meta.unbox(jax.jit(inception.FIDInceptionV3().init)(jax.random.PRNGKey(seed), images))
+
+    def he_scale(path, leaf):
+        return leaf * np.sqrt(2.0) if path[-1].key == "kernel" and path[-2].key != "fc" else leaf
+
+    return jax.tree_util.tree_map_with_path(he_scale, variables)
+
+
+def load_inception(weights: str) -> tuple[Any, bool]:
+    """(Inception variables, whether they are the real FID weights). Empty `weights`: random, labelled."""
+    if weights:
+        from titok_jax.convert.inception import load_inception_params
+
+        return load_inception_params(weights, setting="config.evaluation.inception_weights"), True
+    return random_inception_variables(), False
+
+
+def metric_name(name: str, real_inception: bool) -> str:
+    return name if real_inception or name not in ("rfid", "is", "is_std", "gfid") else f"{name}_random_inception"
+
+
+@functools.partial(jax.jit, static_argnames=("recipe", "metrics"))
+def _tokenizer_batch(recipe: Any, params: Any, inception_vars: Any, frozen: Any, images: jax.Array, metrics):
+    reconstructions = jnp.round(recipe.reconstruct(params, images, frozen) * 255.0) / 255.0
+    out = {}
+    if "psnr" in metrics:
+        out["psnr"] = scores.psnr(reconstructions, images)
+    if "ssim" in metrics:
+        out["ssim"] = scores.ssim(reconstructions, images)
+    if "rfid" in metrics or "is" in metrics:
+        out["real_pool"], _ = inception.inception_features(inception_vars, images)
+        out["pool"], out["logits"] = inception.inception_features(inception_vars, reconstructions)
+    if "codebook" in metrics:
+        out["indices"] = recipe.model.apply(params, images, sample_posterior=False, method=TiTok.encode)[1]["indices"]
+    return out
+
+
+def evaluate_tokenizer(
+    recipe: Any,
+    params: Any,
+    frozen: Any,
+    data_config: ml_collections.ConfigDict,
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+    inception_vars: Any,
+    real_inception: bool,
+    metrics: Sequence[str] = METRICS,
+    max_images: int = 0,
+) -> dict[str, float]:
+    """One pass over the eval split (its first `max_images` images, whole batches, if > 0) -> {metric: value}
+    (see the module docstring for the protocol)."""
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"Unknown metrics {unknown}; valid: {', '.join(METRICS)}.")
+    metrics = tuple(m for m in METRICS if m in metrics)
+    if "codebook" in metrics and recipe.model.quantize_mode != "vq":
+        metrics = tuple(m for m in metrics if m != "codebook")  # a VAE has no codes
+    real, fake = RunningStatistics(inception.POOL_FEATURES), RunningStatistics(inception.POOL_FEATURES)
+    logits, code_counts, sums, count = [], None, {"psnr": 0.0, "ssim": 0.0}, 0
+    num_batches = -(-max_images // batch_size) if max_images > 0 else None
+    with jax.set_mesh(mesh):
+        for index, batch in enumerate(pipeline.make_eval_iterator(data_config, batch_size)):
+            if num_batches is not None and index >= num_batches:
+                break
+            images = jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 4), batch["image"])
+            mask = to_host(jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 1), batch["mask"]))
+            out = _tokenizer_batch(recipe, params, inception_vars, frozen, images, metrics)
+            count += int(mask.sum())
+            for key in ("psnr", "ssim"):
+                if key in out:
+                    sums[key] += float(np.sum(to_host(out[key])[mask]))
+            if "pool" in out:
+                real.update(out["real_pool"], mask)
+                fake.update(out["pool"], mask)
+                logits.append(to_host(out["logits"])[mask])
+            if "indices" in out:
+                counts = np.bincount(to_host(out["indices"])[mask].reshape(-1), minlength=recipe.model.codebook_size)
+                code_counts = counts if code_counts is None else code_counts + counts
+    if count == 0:
+        raise ValueError("The eval split holds no usable images.")
+    results: dict[str, float] = {"num_images": float(count)}
+    for key in ("psnr", "ssim"):
+        if key in metrics:
+            results[key] = sums[key] / count
+    if "rfid" in metrics:
+        results[metric_name("rfid", real_inception)] = fid.frechet_distance(
+            *fake.mean_and_covariance(), *real.mean_and_covariance()
+        )
+    if "is" in metrics:
+        mean, std = scores.inception_score(np.concatenate(logits), splits=min(10, count))
+        results[metric_name("is", real_inception)] = mean
+        results[metric_name("is_std", real_inception)] = std
+    if "codebook" in metrics:
+        results["codebook_usage"], results["codebook_entropy_bits"] = scores.codebook_usage_and_entropy(code_counts)
+    return results
+
+
+@jax.jit
+def pool_and_logits(inception_vars: Any, images_uint8: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """uint8 images -> (Inception pool features (B, 2048), logits (B, 1008))."""
+    return inception.inception_features(inception_vars, images_uint8.astype(jnp.float32) / 255.0)
+
+
+def image_set_statistics(
+    images: np.ndarray, inception_vars: Any, mesh: jax.sharding.Mesh, batch_size: int = 64
+) -> tuple[RunningStatistics, np.ndarray]:
+    """uint8 (N, H, W, 3) images (e.g. `samples.npz`'s arr_0) -> (pool statistics, logits), sharded batches."""
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"Expected uint8 images (N, H, W, 3) as the ADM layout, got {images.dtype} {images.shape}.")
+    devices = jax.device_count()
+    batch_size = -(-batch_size // devices) * devices
+    stats, logits = RunningStatistics(inception.POOL_FEATURES), []
+    with jax.set_mesh(mesh):
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.uint8)])
+            local = np.split(padded, jax.process_count())[jax.process_index()]  # every process read the file
+            sharded = jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 4), local)
+            pool, batch_logits = pool_and_logits(inception_vars, sharded)
+            mask = np.arange(batch_size) < len(chunk)
+            stats.update(pool, mask)
+            logits.append(to_host(batch_logits)[mask])
+    return stats, np.concatenate(logits)
