@@ -11,8 +11,9 @@ import pytest
 from helpers import SINGLE_STAGE
 from train_helpers import tiny_config, tiny_generator_config, write_tokenizer
 
-from titok_jax import configs, pretokenize, sample
+from titok_jax import configs, evaluate, pretokenize, sample
 from titok_jax.data import pipeline, tokens, transforms
+from titok_jax.evaluation import fid
 from titok_jax.train import build, frozen_tokenizer, loop
 
 
@@ -75,6 +76,14 @@ def test_trains_on_shards_then_samples_deterministically(tokenizer, tmp_path):
     assert not np.array_equal(a["arr_0"], c["arr_0"])
     np.testing.assert_array_equal(a["labels"], np.repeat(np.arange(10), 2))
     assert os.path.exists(tmp_path / "a" / "grid.png")
+
+    # gFID straight from the generator workdir: samples, scores against reference statistics, writes eval JSON.
+    reference = str(tmp_path / "ref.npz")
+    fid.save_statistics(reference, np.zeros(2048), np.eye(2048))
+    results = evaluate.evaluate_generator(config, workdir, reference, num_images=8, batch_size=8)
+    assert results["num_images"] == 8 and results["gfid_random_inception"] > 0
+    with open(os.path.join(workdir, "eval", "step_4.json")) as f:
+        assert json.load(f) == pytest.approx(results)
 
 
 def test_balanced_classes_of_the_50k_protocol():

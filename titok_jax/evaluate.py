@@ -5,6 +5,9 @@ r"""Evaluate a tokenizer checkpoint, a set of samples, or write reference statis
       [--metrics=rfid,is,codebook,psnr,ssim] [--inception_weights=DIR/inception.msgpack]
   # Reference statistics (mu, sigma of the Inception pool features) of config.data's eval split
   python -m titok_jax.evaluate --config=... --write_reference_statistics=ref.npz --inception_weights=...
+  # gFID / IS straight from a generator workdir (samples --num_images, 50 per class for 50k over 1000 classes)
+  python -m titok_jax.evaluate --config=experiments/maskgit_generator.py:l32 --workdir=DIR \
+      --reference_statistics=VIRTUAL_imagenet256_labeled.npz --inception_weights=... [--num_images=50000]
   # gFID / IS of samples (titok_jax.sample's samples.npz, arr_0 uint8 (N, H, W, 3)) against reference statistics
   python -m titok_jax.evaluate --samples=samples.npz --reference_statistics=VIRTUAL_imagenet256_labeled.npz \
       --inception_weights=...
@@ -46,7 +49,7 @@ def evaluate_workdir(
     """Metrics of the newest checkpoint (EMA params) of a tokenizer workdir; also written to WORKDIR/eval/."""
     configs.validate_config(config)
     if config.recipe == "generator":
-        raise ValueError("Evaluate a generator by sampling (titok_jax.sample), then --samples=samples.npz.")
+        raise ValueError("A generator workdir is scored by evaluate_generator (needs --reference_statistics).")
     recipe, frozen, mesh, state, step = restore_for_inference(config, workdir, "point it at a training workdir.")
     variables, real = tokenizer_eval.load_inception(inception_weights)
     frozen = jax.device_put(frozen, sh.replicated(mesh))
@@ -59,18 +62,30 @@ def evaluate_workdir(
 
 
 def write_results(workdir: str, step: int, results: dict[str, float]) -> None:
-    """WORKDIR/eval/step_S.json (atomic) and TensorBoard scalars eval/NAME, from process 0."""
-    if jax.process_index() != 0:
-        return
-    directory = os.path.join(workdir, "eval")
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"step_{step}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
-    writer = metric_writers.create_default_writer(workdir)
+    """WORKDIR/eval/step_S.json and TensorBoard scalars eval/NAME, from process 0."""
+    tokenizer_eval.save_results_json(workdir, step, results)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
     writer.flush()
+
+
+def evaluate_generator(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    reference: str,
+    inception_weights: str = "",
+    num_images: int = 50_000,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """gFID / IS straight from a generator workdir: samples `num_images` (balanced classes) into
+    WORKDIR/samples/step_S, scores them against `reference`, writes WORKDIR/eval/step_S.json."""
+    from titok_jax import sample
+
+    fid.load_statistics(reference)  # a missing reference fails before sampling
+    summary = sample.sample(config, workdir, num_images, batch_size=batch_size)
+    results = evaluate_samples(os.path.join(summary["output_dir"], "samples.npz"), reference, inception_weights)
+    write_results(workdir, summary["checkpoint_step"], results)
+    return results
 
 
 def reference_statistics(config: ml_collections.ConfigDict, output: str, inception_weights: str) -> dict[str, Any]:
@@ -115,6 +130,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "A tokenizer training workdir to evaluate.")
     flags.DEFINE_list("metrics", list(tokenizer_eval.METRICS), "Metrics of a workdir evaluation.")
     flags.DEFINE_string("inception_weights", "", "inception.msgpack from titok_jax.convert.inception (else random).")
+    flags.DEFINE_integer("num_images", 50_000, "Samples drawn from a generator workdir for gFID.")
     flags.DEFINE_integer("max_images", 0, "Evaluate only the first N eval images (0: all).")
     flags.DEFINE_string("write_reference_statistics", None, "Write mu/sigma of config.data's eval split here.")
     flags.DEFINE_string("samples", None, "A samples.npz (arr_0 uint8 (N, H, W, 3)) to score.")
@@ -133,6 +149,12 @@ def main(argv):
         raise app.UsageError("Give --config with --workdir or --write_reference_statistics, or --samples.")
     elif FLAGS.write_reference_statistics:
         result = reference_statistics(FLAGS.config, FLAGS.write_reference_statistics, FLAGS.inception_weights)
+    elif FLAGS.workdir and FLAGS.config.recipe == "generator":
+        if not FLAGS.reference_statistics:
+            raise app.UsageError("A generator workdir needs --reference_statistics for gFID.")
+        result = evaluate_generator(
+            FLAGS.config, FLAGS.workdir, FLAGS.reference_statistics, FLAGS.inception_weights, FLAGS.num_images
+        )
     elif FLAGS.workdir:
         result = evaluate_workdir(FLAGS.config, FLAGS.workdir, FLAGS.metrics, FLAGS.inception_weights, FLAGS.max_images)
     else:

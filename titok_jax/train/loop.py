@@ -158,6 +158,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     inception_vars, real_inception, evaluation.metrics, evaluation.max_images,
                 )  # fmt: skip
                 writer.write_scalars(done, {f"eval/{k}": v for k, v in results.items()})
+                tokenizer_eval.save_results_json(workdir, done, results)
                 last_metrics.update({f"eval/{k}": v for k, v in results.items()})
             checkpoint.save(manager, done, state, train_iter, force=done == config.total_steps)
             if manager.reached_preemption(done):
