@@ -45,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.tokens_dir = ""  # pretokenized shards; empty: tokenize config.data on the fly
     config.data = tokenizer.data  # for on-the-fly tokenization (and its class count)
+    config.data.random_crop = False  # official generator data: center crop + random flip
     config.model = ml_collections.ConfigDict(
         dict(
             architecture=architecture,

@@ -229,6 +229,17 @@ def test_train_transform_resizes_the_shorter_side_then_crops_and_flips():
     out = transforms.ResizeCenterCrop(size).map({"image": image, "label": np.int32(1), "mask": True, "num_skipped": 0})
     np.testing.assert_array_equal(np.rint(out["image"] * 255).astype(np.uint8), resized[:, 10:30])
 
+    # The generator recipe's augmentation: the center crop, randomly flipped.
+    center_flip = transforms.RandomCropFlip(size, random_crop=False)
+    views = set()
+    for seed in range(10):
+        record = {"image": image, "label": np.int32(3), "num_skipped": np.int32(0)}
+        pixels = np.rint(center_flip.random_map(record, np.random.default_rng(seed))["image"] * 255).astype(np.uint8)
+        flipped = np.array_equal(pixels, resized[:, 10:30][:, ::-1])
+        assert flipped or np.array_equal(pixels, resized[:, 10:30])
+        views.add(flipped)
+    assert views == {True, False}
+
 
 # ---------------------------------------------------------------- TFDS
 

@@ -58,6 +58,8 @@ def default_data_config() -> ml_collections.ConfigDict:
             read_buffer_size=64,
             # Images with a shorter side below this many pixels are skipped and counted.
             min_image_size=8,
+            # Train augmentation: random crop (tokenizer recipes) or center crop (generator recipe), + random flip.
+            random_crop=True,
         )
     )
 
@@ -88,6 +90,8 @@ def validate_data_config(data_config: ml_collections.ConfigDict) -> ml_collectio
     _positive_int(config, "worker_buffer_size")
     _positive_int(config, "read_threads", minimum=0)
     _positive_int(config, "read_buffer_size", minimum=0)
+    if not isinstance(config.random_crop, bool):
+        raise ValueError(f"data.random_crop must be True or False, got {config.random_crop!r}.")
     if config.source == "synthetic":
         _positive_int(config, "num_examples")
         _positive_int(config, "eval_num_examples")
@@ -226,7 +230,7 @@ def make_train_iterator(
     operations = [
         transforms.DecodeImage(config.min_image_size, drop_failures=True),
         transforms.KeepDecoded(),
-        transforms.RandomCropFlip(config.image_size),
+        transforms.RandomCropFlip(config.image_size, random_crop=config.random_crop),
         grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
     ]
     loader = data_loader(config, source, sampler, operations, shard_options)

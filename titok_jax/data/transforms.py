@@ -241,12 +241,15 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
 class RandomCropFlip(grain.transforms.RandomMap):
     """Train augmentation of the reference: shorter side to `image_size` (bicubic), random crop, random h-flip.
 
+    `random_crop=False` takes the center crop instead (the official generator recipe: center crop + flip).
+
     grain hands each record a generator seeded by (seed, global sample index), so
     the result is reproducible and resumes exactly from an iterator checkpoint.
     """
 
-    def __init__(self, image_size: int):
+    def __init__(self, image_size: int, random_crop: bool = True):
         self.image_size = image_size
+        self.random_crop = random_crop
 
     def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         size = self.image_size
@@ -255,6 +258,8 @@ class RandomCropFlip(grain.transforms.RandomMap):
         # Always draw all three numbers so that the stream of draws never depends on the image shape.
         top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
         flip = bool(rng.random() < 0.5)
+        if not self.random_crop:
+            top, left = round((height - size) / 2), round((width - size) / 2)  # as center_crop
         image = image[top : top + size, left : left + size]
         if flip:
             image = image[:, ::-1]
