@@ -202,11 +202,11 @@ def test_guided_samples_follow_their_class(tokenizer, tmp_path):
     config = tiny_generator_config(
         workdir,
         tokens_dir,
-        total_steps=300,
+        total_steps=200,
         batch_size=64,
         log_every=50,
-        sample_every=300,
-        checkpoint_every=300,
+        sample_every=200,
+        checkpoint_every=200,
         **{"model.hidden_size": 64, "model.num_heads": 4, "model.intermediate_size": 128},
     )
     generator_dir = str(tmp_path / "generator")
