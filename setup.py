@@ -18,4 +18,6 @@ setup(
     packages=find_packages(include=["titok_jax", "titok_jax.*"]),
     python_requires=">=3.10",
     install_requires=requirements,
+    # Reading PyTorch .bin/.pth checkpoints (safetensors files need no torch).
+    extras_require={"torch": ["torch==2.14.1"]},
 )

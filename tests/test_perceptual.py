@@ -258,7 +258,7 @@ def test_convert_rejects_the_wrong_file(tmp_path, torch_files):
 
 def test_torch_files_need_torch_with_a_clear_message(monkeypatch, torch_files):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
-    with pytest.raises(ImportError, match=r"needs torch \(`pip install torch`\).*\.safetensors"):
+    with pytest.raises(ImportError, match=r"needs torch: `pip install .titok_jax\[torch\].`.*\.safetensors"):
         convert.read_state_dict(torch_files["lpips_vgg"])
     assert convert.read_state_dict(torch_files["convnext"])  # .safetensors needs no torch
 

@@ -41,10 +41,14 @@ def test_missing_teacher_weights_stop_with_a_clear_message(tmp_path):
 
 
 def test_wrong_teacher_file_names_the_problem(tmp_path):
-    junk = tmp_path / "junk.bin"
+    junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"\x00\x01not a checkpoint" * 10)
-    with pytest.raises(ValueError, match=r"Could not read .*junk\.bin.* as a flax msgpack checkpoint"):
+    with pytest.raises(ValueError, match=r"Could not read .*junk\.ckpt.* as a flax msgpack checkpoint"):
         teacher.load_teacher(_teacher_config(checkpoint=str(junk)), image_size=32, seed=0)
+    junk_torch = tmp_path / "junk.bin"  # .bin: the PyTorch port
+    junk_torch.write_bytes(b"\x00\x01not a checkpoint" * 10)
+    with pytest.raises(ValueError, match=r"junk\.bin' is not a readable PyTorch state dict"):
+        teacher.load_teacher(_teacher_config(checkpoint=str(junk_torch)), image_size=32, seed=0)
 
     small = VQGAN(filters=32, channel_multipliers=(1, 1, 2), num_res_blocks=1, embedding_dim=32, codebook_size=64)
     variables = small.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32))

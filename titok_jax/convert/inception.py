@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from titok_jax.convert.perceptual import _conv_kernel, _convert, _Entry, _linear_kernel, read_state_dict
+from titok_jax.convert import torch_layout as tl
+from titok_jax.convert.torch_layout import read_state_dict
 
 Tree = dict[str, Any]
 
@@ -74,7 +75,7 @@ def expected_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
     return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
-def inception_entries() -> list[_Entry]:
+def inception_entries() -> list[tl.Entry]:
     """One entry per torch tensor, derived from our module's variables (names mirror torch's modules)."""
     entries = []
     for path, shape in expected_shapes().items():
@@ -82,11 +83,11 @@ def inception_entries() -> list[_Entry]:
         torch_key = ".".join([*modules, _TORCH_LEAF[collection, leaf]])
         if leaf == "kernel" and len(shape) == 4:  # conv: HWIO <- OIHW
             kh, kw, cin, cout = shape
-            entries.append(_Entry(torch_key, path, (cout, cin, kh, kw), _conv_kernel))
+            entries.append(tl.Entry(torch_key, path, (cout, cin, kh, kw), (2, 3, 1, 0)))
         elif leaf == "kernel":  # fc: (in, out) <- (out, in)
-            entries.append(_Entry(torch_key, path, shape[::-1], _linear_kernel))
+            entries.append(tl.Entry(torch_key, path, shape[::-1], (1, 0)))
         else:
-            entries.append(_Entry(torch_key, path, shape))
+            entries.append(tl.Entry(torch_key, path, shape))
     return entries
 
 
@@ -105,7 +106,7 @@ def convert_state_dict(state: Mapping[str, Any]) -> Tree:
         if hasattr(value, "detach"):  # a torch tensor, without importing torch here
             value = value.detach().cpu().float().numpy()
         arrays[key] = np.asarray(value, np.float32)
-    return _convert(arrays, inception_entries(), _WHAT)
+    return tl.state_dict_to_tree(arrays, inception_entries(), _WHAT)
 
 
 def save_inception_params(variables: Mapping[str, Any], path: str | os.PathLike) -> None:

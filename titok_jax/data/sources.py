@@ -46,7 +46,7 @@ class ImageFolder:
             class_dir = os.path.join(self.root, name)
             if not os.path.isdir(class_dir):
                 continue  # an eval folder may hold a subset of the classes
-            files = _image_files(class_dir)
+            files = image_files(class_dir)
             self._paths.extend(files)
             self._labels.extend([label] * len(files))
         if not self._paths:
@@ -76,7 +76,7 @@ def list_class_names(root: str) -> list[str]:
         return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
 
 
-def _image_files(folder: str) -> list[str]:
+def image_files(folder: str) -> list[str]:
     files = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]

@@ -6,11 +6,11 @@ import os
 from typing import Any
 
 import flax.linen as nn
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from titok_jax.convert.vqgan import load_vqgan_variables
 from titok_jax.models.vqgan import VQGAN
 from titok_jax.tree_checks import check_tree_matches
 
@@ -19,7 +19,8 @@ VQGAN_FIELDS = ("filters", "channel_multipliers", "num_res_blocks", "embedding_d
 MISSING_WEIGHTS = (
     "The two-stage recipe needs the frozen MaskGIT VQGAN teacher: set config.teacher.checkpoint to its weights, "
     "the original google-research/maskgit JAX checkpoint `tokenizer_imagenet256_checkpoint` "
-    "(flax msgpack of {{'params': {{encoder, quantizer, decoder}}}}). {detail}"
+    "(flax msgpack of {{'params': {{encoder, quantizer, decoder}}}}), or the PyTorch port TiTok's repo ships "
+    "(maskgit-vqgan-imagenet-f16-256.bin, or the same state dict as .safetensors). {detail}"
 )
 
 
@@ -48,15 +49,7 @@ def load_teacher(config: ml_collections.ConfigDict, image_size: int, seed: int) 
     if config.random_init:
         return model, nn.meta.unbox(jax.jit(model.init)(jax.random.PRNGKey(seed), images))
     check_teacher_weights(config)
-    with open(config.checkpoint, "rb") as f:
-        try:
-            variables = flax.serialization.msgpack_restore(f.read())
-        except Exception as e:  # msgpack raises several types on junk input
-            raise ValueError(
-                f"Could not read {config.checkpoint!r} as a flax msgpack checkpoint ({type(e).__name__}: {e})."
-            ) from e
-    if "params" not in variables and "encoder" in variables:
-        variables = {"params": variables}
+    variables = load_vqgan_variables(config.checkpoint, {k: config[k] for k in VQGAN_FIELDS})
     expected = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), images))
     check_tree_matches(variables, expected, f"Teacher checkpoint {config.checkpoint!r}")
     return model, jax.tree.map(jnp.asarray, variables)

@@ -1,0 +1,177 @@
+r"""The MaskGIT VQGAN's two published checkpoints -> our `VQGAN` variables.
+
+  * The original JAX checkpoint of google-research/maskgit (`tokenizer_imagenet256_checkpoint`):
+    `flax.serialization.to_bytes` of {"params": {encoder, quantizer, decoder}}, the very tree our
+    modules use, so it is only read and checked.
+  * The PyTorch port TiTok's repo ships (`maskgit-vqgan-imagenet-f16-256.bin`, keys `encoder.*`,
+    `decoder.*`, `quantize.embedding.weight`): mapped here, module by module.
+
+Mapping of the port (L levels, B res blocks each):
+  encoder.conv_in -> encoder/Conv_0; encoder.down.{l}.block.{j} -> encoder/ResBlock_{l*B+j};
+  encoder.mid.{j} -> encoder/ResBlock_{L*B+j}; encoder.norm_out -> GroupNorm_0; encoder.conv_out -> Conv_1.
+  decoder.conv_in -> decoder/Conv_0; decoder.mid.{j} -> ResBlock_{j};
+  decoder.up.{l}.block.{j} -> ResBlock_{B + (L-1-l)*B + j} (levels run top-down);
+  decoder.up.{l}.upsample_conv -> Conv_{L-l}; decoder.norm_out -> GroupNorm_0; decoder.conv_out -> Conv_L.
+  ResnetBlock: norm1/conv1/norm2/conv2/nin_shortcut -> GroupNorm_0/Conv_0/GroupNorm_1/Conv_1/Conv_2.
+  quantize.embedding.weight -> quantizer/codebook.
+
+  python -m titok_jax.convert.vqgan --checkpoint=maskgit-vqgan-imagenet-f16-256.bin --output=vqgan.msgpack
+
+writes the flax msgpack `config.teacher.checkpoint` reads (the teacher also reads the .bin directly).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.serialization
+
+from titok_jax.convert import torch_layout as tl
+
+Tree = dict[str, Any]
+PORT_NAME = "MaskGIT VQGAN PyTorch port (maskgit-vqgan-imagenet-f16-256.bin)"
+
+
+def _res_block(torch_prefix: str, path: tuple[str, ...], in_ch: int, out_ch: int) -> list[tl.Entry]:
+    entries = tl.norm(f"{torch_prefix}.norm1", (*path, "GroupNorm_0"), in_ch)
+    entries += tl.conv(f"{torch_prefix}.conv1", (*path, "Conv_0"), out_ch, in_ch, 3, bias=False)
+    entries += tl.norm(f"{torch_prefix}.norm2", (*path, "GroupNorm_1"), out_ch)
+    entries += tl.conv(f"{torch_prefix}.conv2", (*path, "Conv_1"), out_ch, out_ch, 3, bias=False)
+    if in_ch != out_ch:
+        entries += tl.conv(f"{torch_prefix}.nin_shortcut", (*path, "Conv_2"), out_ch, out_ch, 1, bias=False)
+    return entries
+
+
+def encoder_entries(
+    torch_prefix: str, path: tuple[str, ...], filters: int, channel_multipliers: Sequence[int], num_res_blocks: int,
+    embedding_dim: int,
+) -> list[tl.Entry]:  # fmt: skip
+    entries = tl.conv(f"{torch_prefix}.conv_in", (*path, "Conv_0"), filters, 3, 3, bias=False)
+    channels, block = filters, 0
+    for level, multiplier in enumerate(channel_multipliers):
+        for j in range(num_res_blocks):
+            out_ch = filters * multiplier
+            prefix = f"{torch_prefix}.down.{level}.block.{j}"
+            entries += _res_block(prefix, (*path, f"ResBlock_{block}"), channels, out_ch)
+            channels, block = out_ch, block + 1
+    for j in range(num_res_blocks):
+        entries += _res_block(f"{torch_prefix}.mid.{j}", (*path, f"ResBlock_{block}"), channels, channels)
+        block += 1
+    entries += tl.norm(f"{torch_prefix}.norm_out", (*path, "GroupNorm_0"), channels)
+    entries += tl.conv(f"{torch_prefix}.conv_out", (*path, "Conv_1"), embedding_dim, channels, 1)
+    return entries
+
+
+def decoder_entries(
+    torch_prefix: str, path: tuple[str, ...], filters: int, channel_multipliers: Sequence[int], num_res_blocks: int,
+    embedding_dim: int, output_channels: int = 3,
+) -> list[tl.Entry]:  # fmt: skip
+    levels = len(channel_multipliers)
+    channels = filters * channel_multipliers[-1]
+    entries = tl.conv(f"{torch_prefix}.conv_in", (*path, "Conv_0"), channels, embedding_dim, 3)
+    block = 0
+    for j in range(num_res_blocks):
+        entries += _res_block(f"{torch_prefix}.mid.{j}", (*path, f"ResBlock_{block}"), channels, channels)
+        block += 1
+    for level in reversed(range(levels)):
+        out_ch = filters * channel_multipliers[level]
+        for j in range(num_res_blocks):
+            prefix = f"{torch_prefix}.up.{level}.block.{j}"
+            entries += _res_block(prefix, (*path, f"ResBlock_{block}"), channels, out_ch)
+            channels, block = out_ch, block + 1
+        if level > 0:
+            prefix = f"{torch_prefix}.up.{level}.upsample_conv"
+            entries += tl.conv(prefix, (*path, f"Conv_{levels - level}"), out_ch, out_ch, 3)
+    entries += tl.norm(f"{torch_prefix}.norm_out", (*path, "GroupNorm_0"), channels)
+    entries += tl.conv(f"{torch_prefix}.conv_out", (*path, f"Conv_{levels}"), output_channels, channels, 3)
+    return entries
+
+
+def vqgan_port_entries(
+    filters: int = 128,
+    channel_multipliers: Sequence[int] = (1, 1, 2, 2, 4),
+    num_res_blocks: int = 2,
+    embedding_dim: int = 256,
+    codebook_size: int = 1024,
+) -> list[tl.Entry]:
+    """Entries of the whole PyTorch port -> {"encoder", "quantizer", "decoder"} (our VQGAN params)."""
+    sizes = (filters, tuple(channel_multipliers), num_res_blocks, embedding_dim)
+    entries = encoder_entries("encoder", ("encoder",), *sizes)
+    entries += decoder_entries("decoder", ("decoder",), *sizes)
+    entries += tl.tensor("quantize.embedding.weight", ("quantizer", "codebook"), (codebook_size, embedding_dim))
+    return entries
+
+
+def is_torch_file(path: str | os.PathLike) -> bool:
+    return os.fspath(path).lower().endswith((*tl.TORCH_SUFFIXES, ".safetensors"))
+
+
+def load_vqgan_variables(path: str | os.PathLike, fields: Mapping[str, Any]) -> Tree:
+    """{"params": ...} of a VQGAN with `fields` (VQGAN's constructor fields) from either checkpoint form.
+
+    `.bin/.pth/.pt/.safetensors` are read as the PyTorch port, anything else as the
+    JAX checkpoint (flax msgpack). Keys and shapes are validated by the caller
+    against the model (the port's mapping validates its own keys here).
+    """
+    path = os.fspath(path)
+    if is_torch_file(path):
+        entries = vqgan_port_entries(
+            fields["filters"],
+            tuple(fields["channel_multipliers"]),
+            fields["num_res_blocks"],
+            fields["embedding_dim"],
+            fields["codebook_size"],
+        )
+        state = tl.read_state_dict(path)
+        return {"params": tl.state_dict_to_tree(state, entries, PORT_NAME)}
+    with open(path, "rb") as f:
+        try:
+            variables = flax.serialization.msgpack_restore(f.read())
+        except Exception as e:  # msgpack raises several types on junk input
+            raise ValueError(
+                f"Could not read {path!r} as a flax msgpack checkpoint ({type(e).__name__}: {e}); the MaskGIT VQGAN "
+                "is read from the JAX checkpoint (msgpack) or the PyTorch port (.bin / .safetensors)."
+            ) from e
+    if not isinstance(variables, Mapping):
+        raise ValueError(f"{path!r} holds a {type(variables).__name__}, not flax variables.")
+    if "params" not in variables and "encoder" in variables:
+        variables = {"params": variables}
+    return dict(variables)
+
+
+def _main() -> None:
+    from absl import app, flags
+
+    flags.DEFINE_string("checkpoint", None, "maskgit-vqgan-imagenet-f16-256.bin (or .safetensors).", required=True)
+    flags.DEFINE_string("output", None, "Output .msgpack file.", required=True)
+    FLAGS = flags.FLAGS
+
+    def main(argv: Sequence[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        if not is_torch_file(FLAGS.checkpoint):
+            raise app.UsageError("--checkpoint must be the PyTorch port (.bin/.pth/.pt/.safetensors).")
+        from titok_jax.models.vqgan import VQGAN
+
+        variables = load_vqgan_variables(FLAGS.checkpoint, _default_fields(VQGAN))
+        tree = {"params": tl.unflatten(tl.flatten(variables["params"]))}
+        tmp = FLAGS.output + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(flax.serialization.msgpack_serialize(tree))
+        os.replace(tmp, FLAGS.output)
+        print(f"Wrote {FLAGS.output}")
+
+    app.run(main)
+
+
+def _default_fields(cls: Any) -> dict[str, Any]:
+    return {
+        name: getattr(cls, name)
+        for name in ("filters", "channel_multipliers", "num_res_blocks", "embedding_dim", "codebook_size")
+    }
+
+
+if __name__ == "__main__":
+    _main()
