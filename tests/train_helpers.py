@@ -50,13 +50,16 @@ def tiny_generator_config(tokenizer_workdir: str, tokens_dir: str = "", **overri
     return _apply_overrides(config, overrides)
 
 
-def write_tokenizer(config, workdir, step=2):
-    """A tokenizer workdir as training leaves it (a checkpoint at `step`), without compiling a train step."""
+def write_tokenizer(config, workdir, step=2, edit=None):
+    """A tokenizer workdir as training leaves it (a checkpoint at `step`), without compiling a train step.
+
+    `edit(state) -> state` changes the state before it is saved (e.g. EMA weights unlike the raw ones)."""
     recipe, _ = build.build_recipe(config)
     mesh = sh.make_mesh(**config.mesh)
     _, init, _ = loop.create_train_state(recipe, config, mesh)
     manager = checkpoint.make_manager(workdir, save_every=1, keep=1)
     with jax.set_mesh(mesh):
-        checkpoint.save(manager, step, init(), None, force=True)
+        state = init()
+        checkpoint.save(manager, step, edit(state) if edit else state, None, force=True)
     manager.wait_until_finished()
     manager.close()

@@ -39,17 +39,6 @@ def _decode(model: TiTok, variables: Any, tokens: jax.Array) -> jax.Array:
     return jnp.clip(model.apply(variables, tokens, method=TiTok.decode_tokens), 0.0, 1.0)
 
 
-def _read_config_file(path: str) -> dict[str, Any]:
-    if path.endswith((".yaml", ".yml")):
-        try:
-            import yaml
-        except ImportError as err:
-            raise ImportError(f"Reading {path!r} needs PyYAML (`pip install pyyaml`), or pass a config.json.") from err
-        with open(path) as f:
-            return yaml.safe_load(f)
-    return convert_titok.read_hub_config(path)
-
-
 class Tokenizer:
     """A frozen TiTok with its weights, replicated over the local devices."""
 
@@ -83,7 +72,9 @@ class Tokenizer:
                     "configs/infer/TiTok/*.yaml) so the model can be built."
                 )
             config = os.fspath(config)
-            model = titok_from_config(convert_titok.fields_from_hub_config(_read_config_file(config), config))
+            model = titok_from_config(
+                convert_titok.fields_from_hub_config(convert_titok.read_config_file(config), config)
+            )
             variables = convert_titok.params_from_state_dict(model, tl.read_state_dict(path), repr(path))
             return cls(model, variables, source=path)
         if not os.path.exists(path):

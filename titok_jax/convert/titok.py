@@ -294,6 +294,22 @@ def read_hub_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path!r} is not valid JSON: {err}") from err
 
 
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """An official config tree from config.json or an official infer / training .yaml."""
+    path = os.fspath(path)
+    if not path.endswith((".yaml", ".yml")):
+        return read_hub_config(path)
+    try:
+        import yaml
+    except ImportError as err:
+        raise ImportError(f"Reading {path!r} needs PyYAML (`pip install pyyaml`), or pass a config.json.") from err
+    with open(path) as f:
+        try:
+            return yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path!r} is not valid YAML: {err}") from err
+
+
 def hub_weights_file(directory: str) -> str:
     for name in (SAFETENSORS_NAME, TORCH_NAME):
         candidate = os.path.join(directory, name)
