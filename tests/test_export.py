@@ -11,8 +11,8 @@ from train_helpers import tiny_config, tiny_generator_config, write_tokenizer
 from titok_jax import bundle
 from titok_jax.data import synthetic
 from titok_jax.export import export_tokenizer
-from titok_jax.tokenizer import Tokenizer, to_uint8
 from titok_jax.tokenize import detokenize, tokenize_folder
+from titok_jax.tokenizer import Tokenizer, to_uint8
 from titok_jax.train.loop import restore_for_inference
 
 
@@ -93,7 +93,7 @@ def test_export_refusals_write_nothing(trained, tmp_path):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not empty.*--overwrite"):
+    with pytest.raises(FileExistsError, match=r"not empty.*--overwrite"):
         export_tokenizer(config, workdir, str(occupied))
     assert os.listdir(occupied) == ["notes.txt"]
     with pytest.raises(ValueError, match="must not be the training workdir"):
@@ -124,7 +124,9 @@ def test_tokenizer_input_errors_name_the_fix(trained, tmp_path, images):
         tok.decode(np.full((1, tok.num_tokens), tok.codebook_size))
     with pytest.raises(FileNotFoundError, match="No tokenizer at"):
         Tokenizer.load(str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match=r"neither a titok_jax bundle \(titok_jax_bundle.json\) nor an official tokenizer directory"):
+    with pytest.raises(
+        ValueError, match=r"neither a titok_jax bundle \(titok_jax_bundle.json\) nor an official tokenizer directory"
+    ):
         Tokenizer.load(str(tmp_path))
     with pytest.raises(ValueError, match="generator bundle, not a tokenizer"):
         bundle.save_bundle(str(tmp_path / "gen"), "generator", {"architecture": "vit"}, {"params": {"w": np.ones(2)}})

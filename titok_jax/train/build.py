@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -17,8 +19,11 @@ from titok_jax.train import recipes, teacher
 RECIPES = ("two_stage_1", "two_stage_2", "single_stage", "generator")
 
 
-def build_recipe(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]]:
-    """-> (recipe, frozen weights). Reads weight files, so call it before compiling anything."""
+def build_recipe(config: ml_collections.ConfigDict, random_frozen: bool = False) -> tuple[Any, dict[str, Any]]:
+    """-> (recipe, frozen weights). Reads weight files, so call it before compiling anything.
+
+    `random_frozen` draws the frozen networks (VQGAN teacher, perceptual nets) at random instead
+    of reading their files: for benchmarks, where only shapes matter."""
     stage = config.recipe
     if stage == "generator":
         from titok_jax.train.generator import build_generator_recipe  # it loads tokenizers through this module
@@ -40,7 +45,11 @@ def build_recipe(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]
     )
     frozen: dict[str, Any] = {}
     if stage == "two_stage_1":
-        teacher_module, frozen["teacher"] = teacher.load_teacher(config.teacher, model.image_size, config.seed)
+        teacher_config = config.teacher
+        if random_frozen:
+            teacher_config = teacher_config.copy_and_resolve_references()
+            teacher_config.random_init = True
+        teacher_module, frozen["teacher"] = teacher.load_teacher(teacher_config, model.image_size, config.seed)
         return recipes.Stage1Recipe(**common, teacher=teacher_module), frozen
     if stage in ("two_stage_2", "single_stage"):
         weights = losses.LossWeights.from_config(config.losses)
@@ -57,7 +66,7 @@ def build_recipe(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]
             )
         perceptual = {}
         if weights.perceptual_weight > 0:
-            perceptual_loss, frozen["perceptual"] = load_perceptual(config.perceptual)
+            perceptual_loss, frozen["perceptual"] = load_perceptual(config.perceptual, random_frozen)
             perceptual = dict(perceptual_loss=perceptual_loss)
         recipe = recipes.PixelRecipe(
             **common, loss_weights=weights, freeze_encoder=stage == "two_stage_2", **gan, **perceptual
@@ -85,17 +94,30 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, np.ndar
     return train_iter, {"label": local}
 
 
+def _random_perceptual_params(networks: list[str]) -> dict[str, Any]:
+    from titok_jax.models import perceptual
+
+    image = jnp.zeros((1, 32, 32, 3), jnp.float32)
+    key = jax.random.PRNGKey(0)
+    params = {}
+    if "lpips" in networks:
+        params["lpips"] = nn.meta.unbox(jax.jit(perceptual.LPIPS().init)(key, image, image))["params"]
+    if "convnext" in networks:
+        params["convnext"] = nn.meta.unbox(jax.jit(perceptual.ConvNeXtSmall().init)(key, image))["params"]
+    return params
+
+
 def eval_every(config: ml_collections.ConfigDict) -> int:
     """Steps between evaluations: image_every (tokenizers' reconstructions) or sample_every (generator)."""
     return config.sample_every if config.recipe == "generator" else config.image_every
 
 
-def load_perceptual(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+def load_perceptual(config: ml_collections.ConfigDict, random_weights: bool = False) -> tuple[Any, Any]:
     """-> (loss fn(frozen params, x, y), frozen params). Stops clearly when the weights are missing."""
     from titok_jax.convert.perceptual import load_perceptual_params
     from titok_jax.models import perceptual
 
-    if not config.weights:
+    if not config.weights and not random_weights:
         raise ValueError(
             "losses.perceptual_weight > 0 needs the perceptual networks' weights: set config.perceptual.weights "
             "to the file made by `python -m titok_jax.convert.perceptual` (LPIPS-VGG and/or ConvNeXt-S), "
@@ -103,7 +125,7 @@ def load_perceptual(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
         )
     weights = perceptual.PerceptualWeights(lpips=config.lpips_weight, convnext=config.convnext_weight)
     needed = [name for name, w in (("lpips", weights.lpips), ("convnext", weights.convnext)) if w > 0]
-    params = load_perceptual_params(config.weights, networks=needed)
+    params = _random_perceptual_params(needed) if random_weights else load_perceptual_params(config.weights, needed)
 
     def loss(frozen_params, images, targets):
         return perceptual.perceptual_loss(frozen_params, images, targets, weights)

@@ -53,6 +53,20 @@ def create_train_state(recipe: Any, config: ml_collections.ConfigDict, mesh: jax
     return abstract, init, shardings
 
 
+def make_step_fns(recipe: Any, shardings: Any) -> dict[bool, Any]:
+    """{gan_active: jitted train step}: two compiled steps at most, without the GAN before its start
+    step and with it after; the state is donated (updated in place)."""
+    return {
+        gan: jax.jit(
+            functools.partial(recipes.train_step, recipe=recipe, gan_active=gan),
+            in_shardings=(shardings, None, None),
+            out_shardings=(shardings, None),
+            donate_argnums=0,
+        )
+        for gan in (False, True)
+    }
+
+
 def restore_newest(
     recipe: Any, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str
 ) -> tuple[TrainState, int] | None:
@@ -108,16 +122,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if jax.process_index() == 0:
         logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
 
-    # Two compiled steps at most: without the GAN before its start step, with it after.
-    step_fns = {
-        gan: jax.jit(
-            functools.partial(recipes.train_step, recipe=recipe, gan_active=gan),
-            in_shardings=(shardings, None, None),
-            out_shardings=(shardings, None),
-            donate_argnums=0,
-        )
-        for gan in (False, True)
-    }
+    step_fns = make_step_fns(recipe, shardings)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     hooks = []
     if jax.process_index() == 0:
