@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         legacy_two_stage=False,
         with_pixel_decoder=False,
         dtype="float32",
+        remat_policy="none",  # none | full | dots: activation rematerialisation of the ViT blocks
     )
     if encoder_size is None and quantize_mode == "vq":
         # Measured on the 300-step CPU run: with the official U(-1/N, 1/N) codebook, commitment

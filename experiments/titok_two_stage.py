@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         legacy_two_stage=True,
         with_pixel_decoder=arg.stage == 2,
         dtype="float32",
+        remat_policy="none",  # none | full | dots: activation rematerialisation of the ViT blocks
         **configs.pixel_decoder_fields(vqgan),
     )
     config.model = ml_collections.ConfigDict(model)

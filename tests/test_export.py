@@ -155,3 +155,25 @@ def test_tokenize_folder_and_back(trained, tmp_path, images):
     (folder / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"broken\.png' is not a readable image.*Remove or replace"):
         tokenize_folder(tok, str(tmp_path / "images"), str(tmp_path / "out2"))
+
+
+def test_generators_take_an_exported_tokenizer(trained, tmp_path):
+    """config.tokenizer.workdir may be a bundle: its own config replaces config.tokenizer.config, and it
+    is the same tokenizer (same identity, so the workdir's token shards stay valid)."""
+    from titok_jax import configs
+    from titok_jax.train.frozen_tokenizer import load_tokenizer
+    from titok_jax.train.generator import build_generator_recipe
+
+    config, workdir = trained
+    export_tokenizer(config, workdir, str(tmp_path / "bundle"))
+    generator = tiny_generator_config(str(tmp_path / "bundle"))
+    generator.tokenizer.config = ""
+    configs.validate_config(generator)
+    recipe, frozen = build_generator_recipe(generator)
+    _, _, from_workdir = load_tokenizer(config, workdir)
+    _, _, from_bundle = load_tokenizer(None, str(tmp_path / "bundle"))
+    assert from_bundle["codebook_sha256"] == from_workdir["codebook_sha256"]
+    assert from_bundle["checkpoint_step"] == 3 and recipe.tokenizer.num_latent_tokens == generator.model.num_tokens
+    generator.model.num_tokens += 1
+    with pytest.raises(ValueError, match=r"num_tokens .* but the tokenizer '.*bundle' has"):
+        configs.validate_config(generator)

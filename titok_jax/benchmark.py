@@ -194,7 +194,7 @@ def benchmark_sample(config: ml_collections.ConfigDict, steps: int, warmup: int)
 
     if config.recipe != "generator":
         raise ValueError("--mode=sample needs a generator config (experiments/maskgit_generator.py:...).")
-    recipe, frozen = build.build_recipe(config)
+    recipe, frozen = build.build_recipe(config, random_frozen=True)
     mesh = sh.make_mesh(**config.mesh)
     _, init, _ = loop.create_train_state(recipe, config, mesh)
     with jax.set_mesh(mesh):

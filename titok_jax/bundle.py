@@ -91,8 +91,8 @@ def save_bundle(
     return directory
 
 
-def load_bundle(directory: str | os.PathLike, kind: str | None = None) -> Bundle:
-    """Reads a bundle (params as float32 numpy); `kind` refuses a bundle of the other kind."""
+def read_header(directory: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
+    """The bundle's JSON header, checked (format, version, and `kind` when given)."""
     directory = os.fspath(directory)
     header_path = os.path.join(directory, BUNDLE_FILE)
     if not os.path.isfile(header_path):
@@ -111,6 +111,13 @@ def load_bundle(directory: str | os.PathLike, kind: str | None = None) -> Bundle
         )
     if kind is not None and header.get("kind") != kind:
         raise ValueError(f"{directory!r} holds a {header.get('kind')} bundle, not a {kind}.")
+    return header
+
+
+def load_bundle(directory: str | os.PathLike, kind: str | None = None) -> Bundle:
+    """Reads a bundle (params as float32 numpy); `kind` refuses a bundle of the other kind."""
+    directory = os.fspath(directory)
+    header = read_header(directory, kind)
     params_path = os.path.join(directory, PARAMS_FILE)
     if not os.path.isfile(params_path):
         raise FileNotFoundError(f"Bundle {directory!r} has no {PARAMS_FILE}; it is incomplete. Export it again.")

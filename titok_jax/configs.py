@@ -244,6 +244,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError("The stage-2 pixel decoder fields of config.model must equal the teacher VQGAN's.")
 
 
+def _generator_tokenizer_model(tokenizer: ml_collections.ConfigDict) -> Any:
+    """The tokenizer's model fields (a TiTok or its config.model): from an exported tokenizer's own config
+    (bundle / official hub directory in tokenizer.workdir), else from tokenizer.config."""
+    from titok_jax.tokenizer import exported_model, is_exported_tokenizer
+
+    if tokenizer.workdir and is_exported_tokenizer(tokenizer.workdir):
+        return exported_model(tokenizer.workdir)
+    if not tokenizer.config:
+        raise ValueError(
+            "config.tokenizer.config must name the tokenizer's experiment config (file.py[:variant]), unless "
+            "config.tokenizer.workdir is an exported tokenizer (titok_jax bundle or official hub directory)."
+        )
+    tokenizer_config = load_config(tokenizer.config)
+    validate_config(tokenizer_config)
+    return tokenizer_config.model
+
+
 def validate_generator_config(config: ml_collections.ConfigDict) -> None:
     """The generator's own checks: model and sampling fields, and that the tokenizer (and the token
     shards, when given) produce the codes this generator models. Reads no weights."""
@@ -255,13 +272,10 @@ def validate_generator_config(config: ml_collections.ConfigDict) -> None:
     SamplingSettings.from_config(config.sampling)
     if not 0.0 <= config.losses.class_dropout < 1.0:
         raise ValueError(f"losses.class_dropout must be in [0, 1), got {config.losses.class_dropout}.")
-    if not config.tokenizer.config:
-        raise ValueError("config.tokenizer.config must name the tokenizer's experiment config (file.py[:variant]).")
-    tokenizer = load_config(config.tokenizer.config)
-    validate_config(tokenizer)
-    tok = tokenizer.model
+    tok = _generator_tokenizer_model(config.tokenizer)
+    source = config.tokenizer.config or config.tokenizer.workdir
     if tok.quantize_mode != "vq":
-        raise ValueError(f"The generator models discrete codes; tokenizer {config.tokenizer.config!r} is a VAE.")
+        raise ValueError(f"The generator models discrete codes; tokenizer {source!r} is a VAE.")
     for ours, theirs, what in (
         (model.codebook_size, tok.codebook_size, "codebook_size"),
         (model.num_tokens, tok.num_latent_tokens, "num_tokens (the tokenizer's num_latent_tokens)"),
@@ -269,7 +283,7 @@ def validate_generator_config(config: ml_collections.ConfigDict) -> None:
         if ours != theirs:
             raise ValueError(
                 f"Generator/tokenizer mismatch: config.model {what} = {ours} but the tokenizer "
-                f"{config.tokenizer.config!r} has {theirs}. Set config.model to match the tokenizer."
+                f"{source!r} has {theirs}. Set config.model to match the tokenizer."
             )
     if config.data.source == "synthetic" and config.data.num_classes > model.num_classes:
         raise ValueError(f"data.num_classes={config.data.num_classes} exceeds model.num_classes={model.num_classes}.")

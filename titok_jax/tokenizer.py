@@ -39,6 +39,56 @@ def _decode(model: TiTok, variables: Any, tokens: jax.Array) -> jax.Array:
     return jnp.clip(model.apply(variables, tokens, method=TiTok.decode_tokens), 0.0, 1.0)
 
 
+def is_exported_tokenizer(path: str | os.PathLike) -> bool:
+    """A titok_jax bundle or an official hub directory (not a training workdir)."""
+    return os.path.isdir(path) and (bundle_lib.is_bundle(path) or convert_titok.is_hub_directory(path))
+
+
+def exported_model(path: str | os.PathLike) -> TiTok:
+    """The model of a bundle or hub directory, from its config alone (no weights read)."""
+    path = os.fspath(path)
+    if bundle_lib.is_bundle(path):
+        return titok_from_config(bundle_lib.read_header(path)["model"])
+    config_path = os.path.join(path, convert_titok.CONFIG_NAME)
+    return titok_from_config(
+        convert_titok.fields_from_hub_config(convert_titok.read_hub_config(config_path), config_path)
+    )
+
+
+def load_model_and_variables(
+    path: str | os.PathLike, config: str | os.PathLike | None = None
+) -> tuple[TiTok, dict[str, Any], dict[str, Any]]:
+    """(model, {"params": host arrays}, metadata) of a bundle, a hub directory, or a weights file + `config`."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and bundle_lib.is_bundle(path):
+        loaded = bundle_lib.load_bundle(path, kind="tokenizer")
+        model = titok_from_config(loaded.model)
+        from titok_jax.tree_checks import check_tree_matches
+
+        check_tree_matches(loaded.variables["params"], convert_titok.expected_params(model), f"Bundle {path!r}")
+        return model, loaded.variables, loaded.metadata
+    if os.path.isdir(path) and convert_titok.is_hub_directory(path) and config is None:
+        model, variables = convert_titok.load_hub_tokenizer(path)
+        return model, variables, {"source": path}
+    if os.path.isfile(path):
+        if config is None:
+            raise ValueError(
+                f"{path!r} is a weights file; pass config= its config.json (or the official "
+                "configs/infer/TiTok/*.yaml) so the model can be built."
+            )
+        config = os.fspath(config)
+        model = titok_from_config(convert_titok.fields_from_hub_config(convert_titok.read_config_file(config), config))
+        variables = convert_titok.params_from_state_dict(model, tl.read_state_dict(path), repr(path))
+        return model, variables, {"source": path}
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No tokenizer at {path!r}.")
+    raise ValueError(
+        f"{path!r} is neither a titok_jax bundle (titok_jax_bundle.json) nor an official tokenizer directory "
+        "(config.json + model.safetensors). Export a training workdir with `python -m titok_jax.export "
+        "--config=... --workdir=... --output=DIR` first."
+    )
+
+
 class Tokenizer:
     """A frozen TiTok with its weights, replicated over the local devices."""
 
@@ -54,36 +104,8 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike, config: str | os.PathLike | None = None) -> Tokenizer:
         """From a bundle directory, an official hub directory, or a weights file + `config`."""
-        path = os.fspath(path)
-        if os.path.isdir(path) and bundle_lib.is_bundle(path):
-            loaded = bundle_lib.load_bundle(path, kind="tokenizer")
-            model = titok_from_config(loaded.model)
-            from titok_jax.tree_checks import check_tree_matches
-
-            check_tree_matches(loaded.variables["params"], convert_titok.expected_params(model), f"Bundle {path!r}")
-            return cls(model, loaded.variables, source=path)
-        if os.path.isdir(path) and convert_titok.is_hub_directory(path) and config is None:
-            model, variables = convert_titok.load_hub_tokenizer(path)
-            return cls(model, variables, source=path)
-        if os.path.isfile(path):
-            if config is None:
-                raise ValueError(
-                    f"{path!r} is a weights file; pass config= its config.json (or the official "
-                    "configs/infer/TiTok/*.yaml) so the model can be built."
-                )
-            config = os.fspath(config)
-            model = titok_from_config(
-                convert_titok.fields_from_hub_config(convert_titok.read_config_file(config), config)
-            )
-            variables = convert_titok.params_from_state_dict(model, tl.read_state_dict(path), repr(path))
-            return cls(model, variables, source=path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"No tokenizer at {path!r}.")
-        raise ValueError(
-            f"{path!r} is neither a titok_jax bundle (titok_jax_bundle.json) nor an official tokenizer directory "
-            "(config.json + model.safetensors). Export a training workdir with `python -m titok_jax.export "
-            "--config=... --workdir=... --output=DIR` first."
-        )
+        model, variables, _ = load_model_and_variables(path, config)
+        return cls(model, variables, source=os.fspath(path))
 
     # ---- properties -----------------------------------------------------------------
     @property

@@ -167,8 +167,21 @@ class ResidualAttentionBlock(nn.Module):
         return nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
 
 
+# Rematerialisation policies (activation memory vs recompute), by name: "none" keeps every
+# activation; "full" recomputes each block in the backward pass; "dots" keeps only matmul
+# outputs without batch dims (recomputes norms, GELU, softmax).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 class Transformer(nn.Module):
-    """A stack of `depth` residual attention blocks named block_0 .. block_{depth-1}."""
+    """A stack of `depth` residual attention blocks named block_0 .. block_{depth-1}.
+
+    `remat_policy` wraps each block in nn.remat (same parameter names and tree).
+    """
 
     depth: int
     num_heads: int
@@ -176,11 +189,17 @@ class Transformer(nn.Module):
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
     init_std: float = OFFICIAL_INIT_STD
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}.")
+        block_cls = ResidualAttentionBlock
+        if self.remat_policy != "none":
+            block_cls = nn.remat(ResidualAttentionBlock, policy=REMAT_POLICIES[self.remat_policy])
         for i in range(self.depth):
-            x = ResidualAttentionBlock(
+            x = block_cls(
                 self.num_heads, self.mlp_ratio, self.dtype, self.attention_impl, self.init_std, name=f"block_{i}"
             )(x)
         return x

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from titok_jax import sharding as sh
 from titok_jax.models.layers import (
     OFFICIAL_INIT_STD,
+    REMAT_POLICIES,
     ZEROS,
     Transformer,
     dense,
@@ -56,6 +57,7 @@ def _transformer(module: TiTokEncoder | TiTokDecoder) -> Transformer:
         dtype=module.dtype,
         attention_impl=module.attention_impl,
         init_std=module.init_std,
+        remat_policy=module.remat_policy,
         name="transformer",
     )
 
@@ -82,6 +84,7 @@ class TiTokEncoder(nn.Module):
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
     init_std: float = OFFICIAL_INIT_STD
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, images: jax.Array, latent_tokens: jax.Array) -> jax.Array:
@@ -144,6 +147,7 @@ class TiTokDecoder(nn.Module):
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
     init_std: float = OFFICIAL_INIT_STD
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, latents: jax.Array) -> jax.Array:
@@ -235,6 +239,8 @@ class TiTok(nn.Module):
     attention_impl: str | None = None
     # Kernel init std (official 0.02, tuned for 512-1024 wide ViTs; see configs.TINY_VIT_FIELDS).
     init_std: float = OFFICIAL_INIT_STD
+    # Activation rematerialisation of the ViT blocks: none | full | dots (models.layers.REMAT_POLICIES).
+    remat_policy: str = "none"
 
     def setup(self):
         validate_fields(self)
@@ -253,6 +259,7 @@ class TiTok(nn.Module):
             dtype=self.dtype,
             attention_impl=self.attention_impl,
             init_std=self.init_std,
+            remat_policy=self.remat_policy,
         )
         if self.quantize_mode == "vq":
             self.quantize = VectorQuantizer(
@@ -272,6 +279,7 @@ class TiTok(nn.Module):
             dtype=self.dtype,
             attention_impl=self.attention_impl,
             init_std=self.init_std,
+            remat_policy=self.remat_policy,
         )
         if self.with_pixel_decoder:
             self.pixel_quantize = VQGANQuantizer(self.proxy_codebook_size, self.pixel_codebook_dim)
@@ -379,6 +387,8 @@ def validate_fields(model: TiTok) -> None:
         width, heads = getattr(model, f"{part}_width"), getattr(model, f"{part}_num_heads")
         if heads <= 0 or width % heads:
             problems.append(f"{part}_width={width} is not divisible by {part}_num_heads={heads}")
+    if model.remat_policy not in REMAT_POLICIES:
+        problems.append(f"remat_policy={model.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
     if not model.init_std > 0:
         problems.append(f"init_std={model.init_std} must be positive")
     if model.with_pixel_decoder:

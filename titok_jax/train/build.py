@@ -28,7 +28,7 @@ def build_recipe(config: ml_collections.ConfigDict, random_frozen: bool = False)
     if stage == "generator":
         from titok_jax.train.generator import build_generator_recipe  # it loads tokenizers through this module
 
-        return build_generator_recipe(config)
+        return build_generator_recipe(config, random_tokenizer=random_frozen)
     model = titok_from_config(config.model)
     frozen_prefixes = recipes.STAGE2_FROZEN if stage == "two_stage_2" else ()
     frozen_fn = (lambda params: optim.trainable_mask(params, frozen_prefixes, negate=True)) if frozen_prefixes else None

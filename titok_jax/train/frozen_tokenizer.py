@@ -27,8 +27,20 @@ def encode_indices(model: TiTok, params: Any, images: jax.Array) -> jax.Array:
     return model.apply(params, images, sample_posterior=False, method=TiTok.encode)[1]["indices"]
 
 
-def load_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> tuple[TiTok, Any, dict[str, Any]]:
-    """(model, EMA params on the host, identity) of the newest checkpoint of a tokenizer training workdir."""
+def load_tokenizer(config: ml_collections.ConfigDict | None, workdir: str) -> tuple[TiTok, Any, dict[str, Any]]:
+    """(model, EMA params on the host, identity) of the newest checkpoint of a tokenizer training workdir,
+    or of an exported tokenizer (a titok_jax bundle or an official hub directory; `config` unused)."""
+    from titok_jax.tokenizer import is_exported_tokenizer, load_model_and_variables
+
+    if is_exported_tokenizer(workdir):
+        model, params, metadata = load_model_and_variables(workdir)
+        if model.quantize_mode != "vq":
+            raise ValueError(f"A token generator needs a VQ tokenizer (discrete codes); {workdir!r} is a VAE.")
+        return (
+            model,
+            params,
+            _identity(workdir, int(metadata.get("step", 0)), metadata.get("variant", ""), model, params),
+        )
     configs.validate_config(config)
     model_config = config.model
     if model_config.quantize_mode != "vq":
@@ -43,13 +55,16 @@ def load_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> tuple[TiT
         raise FileNotFoundError(f"Tokenizer workdir {workdir!r} holds no checkpoint (expected a training workdir).")
     state, step = restored
     params = jax.device_get(state.ema_params)
+    return recipe.model, params, _identity(workdir, int(step), config.get("variant", ""), recipe.model, params)
+
+
+def _identity(workdir: str, step: int, variant: str, model: TiTok, params: Any) -> dict[str, Any]:
     codebook = np.asarray(params["params"]["quantize"]["codebook"])
-    identity = {
+    return {
         "tokenizer_workdir": os.path.abspath(workdir),
-        "checkpoint_step": int(step),
-        "variant": config.get("variant", ""),
-        "num_tokens": int(model_config.num_latent_tokens),
-        "codebook_size": int(model_config.codebook_size),
+        "checkpoint_step": step,
+        "variant": variant,
+        "num_tokens": int(model.num_latent_tokens),
+        "codebook_size": int(model.codebook_size),
         "codebook_sha256": hashlib.sha256(codebook.astype(np.float32).tobytes()).hexdigest(),
     }
-    return recipe.model, params, identity

@@ -151,19 +151,41 @@ def check_tokens_match(tokens_dir: str, identity: dict[str, Any]) -> dict[str, A
     return metadata
 
 
-def build_generator_recipe(config: ml_collections.ConfigDict) -> tuple[GeneratorRecipe, dict[str, Any]]:
-    """-> (recipe, {"tokenizer": frozen EMA params}). Loads and checks the tokenizer and shards: call before compiling."""
+def build_generator_recipe(
+    config: ml_collections.ConfigDict, random_tokenizer: bool = False
+) -> tuple[GeneratorRecipe, dict[str, Any]]:
+    """-> (recipe, {"tokenizer": frozen EMA params}). Loads and checks the tokenizer and shards: call before compiling.
+
+    `random_tokenizer` draws the tokenizer's weights at random (benchmarks: only shapes matter)."""
     model = maskgit_from_config(config.model)
     workdir = config.tokenizer.workdir
+    if random_tokenizer:
+        import flax.linen as nn
+
+        from titok_jax.models.titok import titok_from_config
+
+        tokenizer = titok_from_config(tokenizer_config(config).model)
+        images = jnp.zeros((1, *tokenizer.image_shape), jnp.float32)
+        params = {"params": nn.meta.unbox(jax.jit(tokenizer.init)(jax.random.PRNGKey(0), images))["params"]}
+        return _generator_recipe(config, model, tokenizer), {"tokenizer": params}
     if not workdir:
         raise ValueError(
             "The generator needs its tokenizer: set config.tokenizer.workdir to the tokenizer's training workdir "
             "(and config.tokenizer.config to its experiment config)."
         )
-    tokenizer, params, identity = frozen_tokenizer.load_tokenizer(tokenizer_config(config), os.path.abspath(workdir))
+    from titok_jax.tokenizer import is_exported_tokenizer
+
+    exported = is_exported_tokenizer(workdir)
+    tokenizer, params, identity = frozen_tokenizer.load_tokenizer(
+        None if exported else tokenizer_config(config), os.path.abspath(workdir)
+    )
     if config.tokens_dir:
         check_tokens_match(config.tokens_dir, identity)
-    recipe = GeneratorRecipe(
+    return _generator_recipe(config, model, tokenizer), {"tokenizer": params}
+
+
+def _generator_recipe(config: ml_collections.ConfigDict, model: Any, tokenizer: Any) -> GeneratorRecipe:
+    return GeneratorRecipe(
         model=model,
         tokenizer=tokenizer,
         optimizer=optim.make_optimizer(config.optimizer, config.total_steps),
@@ -177,4 +199,3 @@ def build_generator_recipe(config: ml_collections.ConfigDict) -> tuple[Generator
         label_smoothing=config.losses.label_smoothing,
         unmasked_weight=config.losses.unmasked_weight,
     )
-    return recipe, {"tokenizer": params}
