@@ -6,8 +6,11 @@ from maskgit.configs import vqgan_config
 from maskgit.nets import vqgan_tokenizer
 
 
-def maskgit_vqgan():
-    return vqgan_tokenizer.VQVAE(config=vqgan_config.get_config(), train=False)
+def maskgit_vqgan(**vqvae_overrides):
+    """The official VQVAE (ImageNet config), with `vqvae_overrides` (e.g. filters=32) for small test models."""
+    config = vqgan_config.get_config()
+    config.vqvae.update(vqvae_overrides)
+    return vqgan_tokenizer.VQVAE(config=config, train=False)
 
 
 def encode_decode(module, images):

@@ -27,6 +27,8 @@ from titok_jax.models.vqgan import VQGAN
 FULL_VQGAN = dict(
     filters=128, channel_multipliers=(1, 1, 2, 2, 4), num_res_blocks=2, embedding_dim=256, codebook_size=1024
 )
+# A small VQGAN of the same structure (channel changes, shortcut convs, 2 up / down levels) keeps the numeric test fast.
+SMALL_VQGAN = dict(filters=32, channel_multipliers=(1, 2, 2), num_res_blocks=2, embedding_dim=32, codebook_size=128)
 
 
 def test_vqgan_port_maps_key_for_key():
@@ -43,37 +45,44 @@ def test_vqgan_port_maps_key_for_key():
 def test_both_vqgan_checkpoints_give_the_maskgit_packages_codes_and_pixels(tmp_path):
     """maskgit package variables -> (a) its JAX checkpoint file, (b) the PyTorch port layout; both load into
     our VQGAN bit-identically, and the port layout runs in the PyTorch reference to the package's numbers."""
-    reference = maskgit_vqgan()
-    images = jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3))
+    fields = SMALL_VQGAN
+    reference = maskgit_vqgan(**{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()})
+    images = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3))
     variables = flax.linen.meta.unbox(reference.init(jax.random.PRNGKey(0), images, method=encode_decode))
-    features = reference.apply(variables, images, method=lambda m, x: m.encoder(x)).reshape(-1, 256)
-    picks = jax.random.choice(jax.random.PRNGKey(2), features.shape[0], (1024,))
-    codebook = features[picks] + 0.05 * jax.random.normal(jax.random.PRNGKey(3), (1024, 256))
+    features = reference.apply(variables, images, method=lambda m, x: m.encoder(x)).reshape(-1, fields["embedding_dim"])
+    picks = jax.random.choice(jax.random.PRNGKey(2), features.shape[0], (fields["codebook_size"],))
+    codebook = features[picks] + 0.05 * jax.random.normal(
+        jax.random.PRNGKey(3), (fields["codebook_size"], fields["embedding_dim"])
+    )
     variables = {"params": {**variables["params"], "quantizer": {"codebook": codebook}}}
     ref_pixels, ref_codes = jax.device_get(reference.apply(variables, images, method=encode_decode))
     assert len(np.unique(ref_codes)) > 8
 
-    jax_file = tmp_path / "tokenizer_imagenet256_checkpoint"
+    jax_file = tmp_path / "tokenizer_checkpoint"
     jax_file.write_bytes(flax.serialization.to_bytes(variables))
-    state = tl.tree_to_state_dict(jax.device_get(variables["params"]), cv.vqgan_port_entries(**FULL_VQGAN))
-    torch_file = tmp_path / "maskgit-vqgan-imagenet-f16-256.bin"
-    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, torch_file)
+    state = tl.tree_to_state_dict(jax.device_get(variables["params"]), cv.vqgan_port_entries(**fields))
+    torch_file = tmp_path / "maskgit-vqgan.bin"
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in state.items()}, torch_file)
 
-    port = OfficialVQGANPort().eval()
-    port.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    port = OfficialVQGANPort(
+        hidden_channels=fields["filters"], channel_mult=fields["channel_multipliers"], num_res_blocks=2,
+        z_channels=fields["embedding_dim"], num_embeddings=fields["codebook_size"],
+    ).eval()  # fmt: skip
+    port.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()}, strict=True)
     with torch.no_grad():
-        nchw = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2)
+        nchw = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)
         port_codes = port.encode(nchw).numpy()
         port_pixels = port.decode(torch.from_numpy(port_codes)).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(port_codes, ref_codes)
     np.testing.assert_allclose(port_pixels, ref_pixels, atol=1e-4, rtol=0)
 
+    ours = VQGAN(**fields)
     for path in (jax_file, torch_file):
-        loaded = cv.load_vqgan_variables(path, FULL_VQGAN)
+        loaded = cv.load_vqgan_variables(path, fields)
         jax.tree.map(
             lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), loaded, jax.device_get(variables)
         )
-        pixels, codes = VQGAN().apply(loaded, images)
+        pixels, codes = ours.apply(loaded, images)
         np.testing.assert_array_equal(codes, ref_codes)
         np.testing.assert_allclose(pixels, ref_pixels, atol=1e-5, rtol=0)
 
@@ -83,7 +92,7 @@ def test_vqgan_port_of_another_size_is_refused(tmp_path):
     path = tmp_path / "small.safetensors"
     save_torch_safetensors({k: v.contiguous() for k, v in small.state_dict().items()}, str(path))
     with pytest.raises(
-        ValueError, match=r"Not a MaskGIT VQGAN PyTorch port.*missing key 'encoder.down.2.block.0.norm1.weight'"
+        ValueError, match=r"(?s)Not a MaskGIT VQGAN PyTorch port.*missing key 'encoder.down.2.block.0.norm1.weight'"
     ):
         cv.load_vqgan_variables(path, FULL_VQGAN)
 

@@ -169,7 +169,7 @@ def test_generators_take_an_exported_tokenizer(trained, tmp_path):
     generator = tiny_generator_config(str(tmp_path / "bundle"))
     generator.tokenizer.config = ""
     configs.validate_config(generator)
-    recipe, frozen = build_generator_recipe(generator)
+    recipe, _ = build_generator_recipe(generator)
     _, _, from_workdir = load_tokenizer(config, workdir)
     _, _, from_bundle = load_tokenizer(None, str(tmp_path / "bundle"))
     assert from_bundle["codebook_sha256"] == from_workdir["codebook_sha256"]

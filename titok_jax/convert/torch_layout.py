@@ -229,20 +229,23 @@ def check_state_dict(
     state: StateDict, entries: Sequence[Entry], what: str, ignored_keys: Iterable[str] = (), hint: str = ""
 ) -> None:
     """Raises a ValueError naming every missing, mis-shaped or unexpected key."""
-    problems = []
-    for entry in entries:
-        if entry.torch_key not in state:
-            problems.append(f"missing key {entry.torch_key!r} (expected shape {entry.torch_shape})")
-        elif tuple(np.shape(state[entry.torch_key])) != entry.torch_shape:
-            problems.append(
-                f"key {entry.torch_key!r} has shape {tuple(np.shape(state[entry.torch_key]))}, "
-                f"expected shape {entry.torch_shape}"
-            )
+    # Missing and unexpected keys first: they tell a different model apart quickest.
+    missing = [
+        f"missing key {e.torch_key!r} (expected shape {e.torch_shape})" for e in entries if e.torch_key not in state
+    ]
     known = {entry.torch_key for entry in entries}
     ignored = tuple(ignored_keys)
-    for key in state:
-        if key not in known and not key.startswith(ignored):
-            problems.append(f"unexpected key {key!r} (shape {tuple(np.shape(state[key]))})")
+    unexpected = [
+        f"unexpected key {key!r} (shape {tuple(np.shape(state[key]))})"
+        for key in state
+        if key not in known and not key.startswith(ignored)
+    ]
+    misshaped = [
+        f"key {e.torch_key!r} has shape {tuple(np.shape(state[e.torch_key]))}, expected shape {e.torch_shape}"
+        for e in entries
+        if e.torch_key in state and tuple(np.shape(state[e.torch_key])) != e.torch_shape
+    ]
+    problems = missing + unexpected + misshaped
     if problems:
         raise ValueError(_problems_message(what, problems, hint))
 
