@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import EXPERIMENTS, GENERATOR, SINGLE_STAGE
+from PIL import Image
 
 from titok_jax import configs
 from titok_jax import sharding as sh
@@ -74,6 +75,21 @@ def test_readme_pipeline_learns(tmp_path):
     # The run reports its end-of-training evaluation (32 held-out images, random Inception: labelled).
     assert metrics["eval/num_images"] == 32 and np.isfinite(metrics["eval/rfid_random_inception"])
     assert 0 < metrics["eval/codebook_usage"] <= 1 and metrics["eval/codebook_entropy_bits"] > 1
+
+    # The README's export and tokenize commands: a bundle, then images -> tokens -> reconstructions.
+    export_dir, images_dir = str(tmp_path / "export"), tmp_path / "images"
+    exported = _run(
+        "titok_jax.export", f"--config={SINGLE_STAGE}:tiny_vq", f"--workdir={tokenizer_dir}", f"--output={export_dir}"
+    )
+    assert exported["step"] == config.total_steps and exported["format"] == "bundle"
+    images_dir.mkdir()
+    for i, image in enumerate(np.round(images[:16] * 255).astype(np.uint8)):
+        Image.fromarray(image).save(images_dir / f"{i}.png")
+    tokenized = _run(
+        "titok_jax.tokenize", f"--tokenizer={export_dir}", f"--images={images_dir}", f"--output={tmp_path / 'tok'}"
+    )
+    assert tokenized["tokens"] == [16, config.model.num_latent_tokens]
+    assert tokenized["mse"] < 0.85 * mean_image_mse  # the exported EMA model reconstructs as in training
 
     metadata = _run(
         "titok_jax.pretokenize",
