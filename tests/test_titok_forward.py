@@ -149,10 +149,9 @@ def test_bf16_compute_keeps_fp32_params_and_tracks_fp32():
     np.testing.assert_allclose(decoded, model.apply(params, latents32, method=model.decode), atol=0.05)
 
 
-@pytest.mark.parametrize("policy", ["full", "dots"])
-def test_remat_keeps_params_outputs_and_gradients(policy):
+def test_remat_keeps_params_outputs_and_gradients():
     model = model_for("titok_single_stage.py:tiny_vq")
-    remat = model.clone(remat_policy=policy)
+    remat = model.clone(remat_policy="full")  # "dots" shares the nn.remat path, with a different policy
     images = jax.random.uniform(jax.random.PRNGKey(0), (2, *model.image_shape))
     params = model.init(RNGS, images)
     chex.assert_trees_all_equal_shapes(params, remat.init(RNGS, images))  # same tree: checkpoints stay valid
