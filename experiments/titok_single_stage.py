@@ -5,11 +5,14 @@ The decoder predicts pixels directly (no proxy codes, no VQGAN).
   --config=experiments/titok_single_stage.py:bl64_vq
   --config=experiments/titok_single_stage.py:ll32_vae
   --config=experiments/titok_single_stage.py:tiny_vq
+
+Sweep (python -m launch.sweep --config=experiments/titok_single_stage.py:tiny_vq --root=DIR):
+both tiny quantizers x two learning rates, and two seeds zipped with two batch sizes.
 """
 
 import ml_collections
 
-from titok_jax import configs
+from titok_jax import configs, sweeps
 
 # variant -> (encoder size, decoder size, num_latent_tokens, quantize_mode)
 VARIANTS = {
@@ -67,3 +70,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg.variant.startswith("tiny"):
         configs.shrink_for_cpu(config)
     return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """An example sweep over the tiny tokenizers (override dicts; `arg` picks the variant)."""
+    del arg  # the same sweep for every base variant
+    return sweeps.product(arg=["tiny_vq", "tiny_vae"], **{"optimizer.learning_rate": [1e-3, 3e-3]}) + sweeps.zipped(
+        seed=[1, 2], batch_size=[16, 64]
+    )

@@ -84,14 +84,20 @@ def parse_arg(arg: str | None, variants: Mapping[str, Any], **defaults: Any) -> 
     return ml_collections.ConfigDict(parsed)
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path/to/file.py[:arg]` the way absl's config_flags does."""
-    path, _, arg = spec.partition(":")
+def load_module(path: str) -> Any:
+    """Imports an experiment file (`get_config`, optionally `get_sweep`)."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"Config file {path!r} does not exist (from {spec!r}).")
+        raise FileNotFoundError(f"Config file {path!r} does not exist.")
     module_spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+    return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/file.py[:arg]` the way absl's config_flags does."""
+    path, _, arg = spec.partition(":")
+    module = load_module(path)
     return module.get_config(arg) if arg else module.get_config()
 
 

@@ -30,7 +30,7 @@ from absl import app, flags
 from clu import metric_writers
 from ml_collections import config_flags
 
-from titok_jax import configs
+from titok_jax import configs, distributed
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline
 from titok_jax.evaluation import fid, scores, tokenizer_eval
@@ -126,6 +126,7 @@ def evaluate_samples(samples: str, reference: str, inception_weights: str, batch
 
 def _define_flags() -> None:
     """CLI flags, defined only when run as a program (the library imports this module)."""
+    distributed.define_flags()
     config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant] (workdir / reference modes).")
     flags.DEFINE_string("workdir", None, "A tokenizer training workdir to evaluate.")
     flags.DEFINE_list("metrics", list(tokenizer_eval.METRICS), "Metrics of a workdir evaluation.")
@@ -141,6 +142,7 @@ def main(argv):
     FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    distributed.initialize_from_flags()
     if FLAGS.samples:
         if not FLAGS.reference_statistics:
             raise app.UsageError("--samples needs --reference_statistics (an .npz with mu and sigma).")

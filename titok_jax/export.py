@@ -17,7 +17,6 @@ import json
 import os
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
@@ -25,6 +24,7 @@ from ml_collections import config_flags
 
 from titok_jax import bundle as bundle_lib
 from titok_jax import configs
+from titok_jax import sharding as sh
 from titok_jax.convert import titok as convert_titok
 from titok_jax.models.titok import TiTok
 
@@ -64,7 +64,7 @@ def export_tokenizer(
     model: TiTok = recipe.model
     if ema and state.ema_params is None:
         raise ValueError("This run keeps no EMA weights; export the raw weights with --ema=false.")
-    variables = jax.device_get(state.ema_params if ema else state.params)
+    variables = sh.to_host(state.ema_params if ema else state.params)
     variables = {"params": variables["params"]}
     if file_format == "pytorch":
         convert_titok.save_hub_tokenizer(

@@ -28,6 +28,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from titok_jax import distributed
 from titok_jax.data import pipeline, tokens, transforms
 from titok_jax.train.frozen_tokenizer import IDENTITY_KEYS, encode_indices, load_tokenizer
 
@@ -144,6 +145,7 @@ def pretokenize(
 
 def _define_flags() -> None:
     """CLI flags, defined only when run as a program (the library imports this module)."""
+    distributed.define_flags()
     config_flags.DEFINE_config_file("config", None, "The tokenizer's experiment config file[:variant].")
     flags.DEFINE_string("tokenizer", None, "The tokenizer's training workdir.", required=True)
     flags.DEFINE_string("output", None, "Directory for the token shards.", required=True)
@@ -157,6 +159,7 @@ def main(argv):
     FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    distributed.initialize_from_flags()
     if FLAGS.config is None:
         raise app.UsageError("--config is required (an experiment config file[:variant]).")
     if FLAGS.flip and FLAGS.ten_crop:

@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 from PIL import Image
 
-from titok_jax import configs
+from titok_jax import configs, distributed
 from titok_jax import sharding as sh
 from titok_jax.train.generator import GeneratorRecipe
 from titok_jax.train.loop import image_grid, restore_for_inference
@@ -112,6 +112,7 @@ def sample(
 
 def _define_flags() -> None:
     """CLI flags, defined only when run as a program (the library imports this module)."""
+    distributed.define_flags()
     config_flags.DEFINE_config_file("config", None, "The generator's experiment config file[:variant].")
     flags.DEFINE_string("workdir", None, "The generator's training workdir.", required=True)
     flags.DEFINE_integer("num_images", 50_000, "How many images (balanced over the classes).")
@@ -124,6 +125,7 @@ def main(argv):
     FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    distributed.initialize_from_flags()
     if FLAGS.config is None:
         raise app.UsageError("--config is required (an experiment config file[:variant]).")
     summary = sample(FLAGS.config, FLAGS.workdir, FLAGS.num_images, FLAGS.output, FLAGS.batch_size, FLAGS.seed)

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # Physical mesh axes, outermost first.
@@ -156,3 +157,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Shards the leading (batch) axis over data and fsdp."""
     return NamedSharding(mesh, PartitionSpec((DATA, FSDP), *([None] * (ndim - 1))))
+
+
+def to_host(tree: Any) -> Any:
+    """Global (possibly multi-process sharded) arrays -> numpy, the whole value on every process.
+
+    `jax.device_get` refuses arrays with shards on other processes' devices; those are
+    gathered with `process_allgather` (every process must call this at the same point).
+    """
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(leaf, tree)

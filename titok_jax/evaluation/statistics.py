@@ -10,14 +10,8 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-
-def to_host(x: jax.Array | np.ndarray) -> np.ndarray:
-    """A (possibly multi-process sharded) global array -> numpy on every process."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
+from titok_jax.sharding import to_host
 
 
 class RunningStatistics:

@@ -25,9 +25,10 @@ import numpy as np
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline
 from titok_jax.evaluation import fid, scores
-from titok_jax.evaluation.statistics import RunningStatistics, to_host
+from titok_jax.evaluation.statistics import RunningStatistics
 from titok_jax.models import inception
 from titok_jax.models.titok import TiTok
+from titok_jax.sharding import to_host
 
 METRICS = ("rfid", "is", "codebook", "psnr", "ssim")
 INCEPTION_SEED = 0

@@ -54,7 +54,7 @@ def load_tokenizer(config: ml_collections.ConfigDict | None, workdir: str) -> tu
     if restored is None:
         raise FileNotFoundError(f"Tokenizer workdir {workdir!r} holds no checkpoint (expected a training workdir).")
     state, step = restored
-    params = jax.device_get(state.ema_params)
+    params = sh.to_host(state.ema_params)
     return recipe.model, params, _identity(workdir, int(step), config.get("variant", ""), recipe.model, params)
 
 

@@ -193,10 +193,10 @@ def _evaluate_and_write_images(
 ) -> dict[str, float]:
     """Writes the recipe's evaluation scalars (as eval/NAME) and its image grid."""
     scalars, rows = evaluate(state, _global_batch(eval_batch, mesh), frozen, recipe)
-    results = {f"eval/{k}": float(v) for k, v in jax.device_get(scalars).items()}
+    results = {f"eval/{k}": float(v) for k, v in sh.to_host(scalars).items()}
     if results:
         writer.write_scalars(step, results)
-    writer.write_images(step, {recipe.grid_name: image_grid(np.asarray(jax.device_get(rows)))[None]})
+    writer.write_images(step, {recipe.grid_name: image_grid(sh.to_host(rows))[None]})
     return results
 
 
