@@ -15,7 +15,7 @@ setup(
     name="titok_jax",
     version="0.1.0",
     description=__doc__,
-    packages=find_packages(include=["titok_jax", "titok_jax.*"]),
+    packages=find_packages(include=["titok_jax", "titok_jax.*", "launch"]),
     python_requires=">=3.10",
     install_requires=requirements,
     # Reading PyTorch .bin/.pth checkpoints (safetensors files need no torch).
