@@ -127,6 +127,13 @@ def test_two_processes_train_resume_and_restore_on_another_mesh(tmp_path):
         _without_codebook(restored.ema_params), _without_codebook(reference.ema_params), atol=2e-4
     )
 
+    # Resuming training needs each process's data position: one process is refused, naming both counts.
+    config.total_steps = 6
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    with pytest.raises(ValueError, match=r"data positions of a run of 2 process\(es\).*this run has 1"):
+        loop.train(config, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # nothing written or lost
+
 
 def test_launcher_stops_the_other_processes_when_one_fails(tmp_path, monkeypatch):
     """Process 1 dies while process 0 would wait forever: the launcher stops 0 and passes 1's exit code on."""

@@ -13,6 +13,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 STATE = "state"
 DATA = "data"
@@ -56,9 +57,25 @@ def restore(
     step = manager.latest_step() if step is None else step
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None and DATA in manager.item_metadata(step):
+        _check_data_positions(manager, step)
         items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored[STATE]
+
+
+def _check_data_positions(manager: ocp.CheckpointManager, step: int) -> None:
+    """Each process resumes its own data-iterator position, so a run resumes with the process count it had."""
+    data_dir = epath.Path(manager.directory) / str(step) / DATA
+    mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if not (data_dir / mine).exists():
+        written = sorted(p.name for p in data_dir.glob("process_*.json"))
+        counts = sorted({name.rsplit("-of-", 1)[-1].removesuffix(".json") for name in written})
+        raise ValueError(
+            f"Checkpoint step {step} in {manager.directory} holds the data positions of a run of "
+            f"{' / '.join(counts) or 'unknown'} process(es) ({', '.join(written) or 'none'}), but this run has "
+            f"{jax.process_count()}; each process resumes its own position. Resume with the same number of "
+            "processes (the weights alone restore onto any mesh and process count, e.g. for export or sampling)."
+        )
 
 
 def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
