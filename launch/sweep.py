@@ -57,7 +57,9 @@ def launch(runs: Sequence[sweeps.Run], launcher: str, dry_run: bool) -> int:
             code = _launch_local(args, dry_run)
         elif launcher == "slurm":
             options = slurm.options_from_flags()
-            code = slurm.submit(dataclasses.replace(options, job_name=f"{options.job_name}-{run.name}"), args, dry_run)
+            code = slurm.submit(
+                dataclasses.replace(options, job_name=f"{options.job_name}-{run.group}-{run.name}"), args, dry_run
+            )
         else:
             code = _launch_tpu_vm(args, index == 0, index == len(runs) - 1, dry_run)
         if code:

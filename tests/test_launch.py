@@ -185,4 +185,12 @@ def test_sweep_cli_dry_run_lists_runs_with_launch_commands(tmp_path):
         tpu_vm.create_or_reuse(options),  # once, then every run on the same VM
         *(tpu_vm.run_program(options, r.program_args()) for r in runs),
     ]
+    out = subprocess.run(
+        [*command, "--dry_run", "--launcher=slurm", "--nodes=2", f"--slurm_dir={tmp_path / 'slurm'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    submitted = [line for line in out.stdout.splitlines() if line.startswith("sbatch ")]
+    assert submitted == [f"sbatch {tmp_path / 'slurm'}/titok_jax-{r.group}-{r.name}.sbatch" for r in runs]
+    assert len(set(submitted)) == 6  # one job (and script) per run, none overwritten
+    assert out.stdout.count("#SBATCH --nodes=2") == 6
     assert not os.listdir(tmp_path)

@@ -46,7 +46,8 @@ def zipped(**axes: Sequence[Any]) -> list[dict[str, Any]]:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    name: str  # readable and distinct within the sweep, e.g. "learning_rate=0.001,seed=2"
+    group: str  # the experiment and its variant, e.g. "titok_single_stage_tiny_vq"
+    name: str  # readable and distinct within the group, e.g. "learning_rate=0.001,seed=2"
     config_spec: str  # path:arg
     overrides: dict[str, Any]  # config field path -> value
     workdir: str
@@ -121,7 +122,7 @@ def expand(config_spec: str, root: str, sweep: list[dict[str, Any]] | None = Non
         configs.validate_config(config)
         group = f"{experiment}_{_word(arg)}" if arg else experiment
         name = ",".join(f"{short[k]}={_word(v)}" for k, v in fields.items()) or "base"
-        runs.append(Run(name, spec, fields, os.path.join(root, group, name), config))
+        runs.append(Run(group, name, spec, fields, os.path.join(root, group, name), config))
     workdirs = [run.workdir for run in runs]
     repeated = sorted({w for w in workdirs if workdirs.count(w) > 1})
     if repeated:
