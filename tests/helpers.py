@@ -1,6 +1,7 @@
 """Shared test helpers."""
 
 import pathlib
+import socket
 
 import flax.linen as nn
 import jax
@@ -31,3 +32,10 @@ def abstract_params(model: TiTok):
 
 def count_params(tree) -> int:
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
+
+
+def unused_port() -> int:
+    """A localhost port nothing listens on (the OS picked it free; the probe socket is closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

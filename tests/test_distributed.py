@@ -7,17 +7,12 @@ import sys
 import time
 
 import pytest
+from helpers import unused_port
 
 from titok_jax import distributed
 from titok_jax.distributed import DistributedOptions, DistributedSetupError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
 
 
 @pytest.mark.parametrize(
@@ -51,7 +46,7 @@ def test_single_process_needs_no_cluster(monkeypatch):
 
 
 def test_unreachable_coordinator_fails_within_the_timeout():
-    port = closed_port()
+    port = unused_port()
     options = DistributedOptions(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=1, timeout_s=2)
     start = time.monotonic()
     with pytest.raises(DistributedSetupError, match=f"127.0.0.1:{port} did not answer within 2 s.*Start process 0"):
@@ -82,7 +77,7 @@ def _main(tmp_path, *flags: str) -> tuple[subprocess.CompletedProcess, float]:
 def test_entry_point_with_wrong_process_count_fails_fast_and_writes_nothing(tmp_path):
     """Process 0 of a run said to have 2 processes, with no second one: it stops after the timeout."""
     result, seconds = _main(
-        tmp_path, f"--coordinator_address=127.0.0.1:{closed_port()}", "--num_processes=2", "--process_id=0",
+        tmp_path, f"--coordinator_address=127.0.0.1:{unused_port()}", "--num_processes=2", "--process_id=0",
         "--distributed_timeout_s=3",
     )  # fmt: skip
     assert result.returncode != 0

@@ -8,7 +8,6 @@ is fed the same global batches (process 0's half, then process 1's).
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from helpers import unused_port
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 from train_helpers import tiny_config
@@ -43,12 +43,6 @@ RUN = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def logged(workdir: str, tag: str) -> dict[int, float]:
     """step -> value of a scalar in the TensorBoard events of `workdir` (process 0 writes them)."""
     accumulator = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.TENSORS: 0})
@@ -58,7 +52,7 @@ def logged(workdir: str, tag: str) -> dict[int, float]:
 
 def run_two_processes(workdir: str, total_steps: int) -> None:
     options = local.LocalOptions(
-        num_processes=2, devices_per_process=2, coordinator_port=free_port(), python=sys.executable, timeout_s=120
+        num_processes=2, devices_per_process=2, coordinator_port=unused_port(), python=sys.executable, timeout_s=120
     )
     overrides = {**RUN, "total_steps": total_steps}
     args = [f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]

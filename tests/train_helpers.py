@@ -3,19 +3,9 @@
 import jax
 from helpers import GENERATOR, SINGLE_STAGE, TWO_STAGE
 
-from titok_jax import checkpoint, configs
+from titok_jax import checkpoint, configs, sweeps
 from titok_jax import sharding as sh
 from titok_jax.train import build, loop
-
-
-def _apply_overrides(config, overrides):
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return config
 
 
 def tiny_config(spec: str = "single_stage:tiny_vq", **overrides):
@@ -32,7 +22,7 @@ def tiny_config(spec: str = "single_stage:tiny_vq", **overrides):
     config.image_every = 4
     config.checkpoint_every = 2
     config.evaluation.every = 0  # the full-split evaluation (Inception at 299 px) is tested on its own
-    return _apply_overrides(config, overrides)
+    return sweeps.apply_overrides(config, overrides)
 
 
 def tiny_generator_config(tokenizer_workdir: str, tokens_dir: str = "", **overrides):
@@ -47,7 +37,7 @@ def tiny_generator_config(tokenizer_workdir: str, tokens_dir: str = "", **overri
     config.log_every = 2
     config.sample_every = 4
     config.checkpoint_every = 2
-    return _apply_overrides(config, overrides)
+    return sweeps.apply_overrides(config, overrides)
 
 
 def write_tokenizer(config, workdir, step=2, edit=None):
