@@ -63,6 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # before the decoder learns to read them, and held-out MSE never leaves the mean image
         # (0.084). l2-normalised codes with a light commitment reach 0.057 in the same run.
         model.update(use_l2_norm=True, commitment_cost=0.05)
+    if encoder_size is None:
+        # A random 3 -> 3 last conv makes the tiny decoder learn colour directions one at a time (grey-yellow
+        # blobs for 2000 steps); starting it at identity lets the run go on to shapes (models.layers.pixel_conv_init).
+        model.update(pixel_conv_init="identity")
     config.model = ml_collections.ConfigDict(model)
     # L2 + (LPIPS + 0.1 ConvNeXt) perceptual + quantizer / KL + GAN 0.1 from 200k steps.
     config.discriminator.enabled = True

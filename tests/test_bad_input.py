@@ -72,6 +72,14 @@ def test_model_field_errors():
         titok_from_config(fields, quantize_mode="fsq")
     with pytest.raises(ValueError, match="with_pixel_decoder needs the two-stage VQ form"):
         titok_from_config(fields, with_pixel_decoder=True)
+    with pytest.raises(ValueError, match=r"positional_init='fourier' is not one of \('normal', 'sincos'\)"):
+        titok_from_config(fields, positional_init="fourier")
+    with pytest.raises(ValueError, match=r"pixel_conv_init='zeros' is not one of \('truncated_normal', 'identity'\)"):
+        titok_from_config(fields, pixel_conv_init="zeros")
+    with pytest.raises(
+        ValueError, match="positional_init='sincos' needs encoder_width and decoder_width divisible by 4"
+    ):
+        titok_from_config(fields, encoder_width=66, encoder_num_heads=2)
 
 
 def test_config_validation():

@@ -11,7 +11,7 @@ import pytest
 from helpers import RNGS, model_for
 from scipy.special import erf
 
-from titok_jax.models.layers import ResidualAttentionBlock
+from titok_jax.models.layers import ResidualAttentionBlock, sincos_2d
 from titok_jax.models.titok import TiTokDecoder, TiTokEncoder
 
 
@@ -164,3 +164,28 @@ def test_remat_keeps_params_outputs_and_gradients():
     )
     with pytest.raises(ValueError, match="remat_policy='some' is not one of"):
         model.clone(remat_policy="some").init(RNGS, images)
+
+
+def test_small_model_inits_keep_the_official_layout():
+    """positional_init='sincos' / pixel_conv_init='identity' change values, not the tree; official stays random."""
+    tiny = model_for("titok_single_stage.py:tiny_vq")
+    assert (tiny.positional_init, tiny.pixel_conv_init) == ("sincos", "identity")
+    official = tiny.clone(positional_init="normal", pixel_conv_init="truncated_normal")
+    images = jnp.zeros((1, *tiny.image_shape))
+    params, official_params = (nn.meta.unbox(m.init(RNGS, images))["params"] for m in (tiny, official))
+    chex.assert_trees_all_equal_shapes(params, official_params)
+
+    kernel = np.asarray(params["decoder"]["conv_out"]["kernel"])  # (3, 3, in, out)
+    np.testing.assert_array_equal(kernel[1, 1], np.eye(3))
+    assert not np.any(np.delete(kernel.reshape(9, 3, 3), 4, axis=0))
+    assert np.abs(np.asarray(official_params["decoder"]["conv_out"]["kernel"])[1, 1] - np.eye(3)).max() > 0.5
+
+    grid, width = tiny.image_size // tiny.encoder_patch_size, tiny.encoder_width
+    codes = sincos_2d(grid, width)
+    # Row r is patch (r // grid, r % grid): channel 0 = sin(y), width / 4 = cos(y), width / 2 = sin(x).
+    np.testing.assert_allclose(codes[grid + 3, [0, width // 4, width // 2]], [np.sin(1), np.cos(1), np.sin(3)], 1e-6)
+    for part in ("encoder", "decoder"):
+        table = np.asarray(params[part]["positional_embedding"])
+        np.testing.assert_allclose(table[1:], 0.5 * codes, atol=1e-7)
+        # The class row keeps the official width**-0.5 * randn draw.
+        np.testing.assert_array_equal(table[0], np.asarray(official_params[part]["positional_embedding"])[0])

@@ -42,6 +42,8 @@ TINY_VIT_FIELDS = dict(
     decoder_depth=2,
     decoder_num_heads=2,
     init_std=0.07,
+    # The grid positions start as 2D sin-cos codes instead of random ones (models.layers.grid_positional_init).
+    positional_init="sincos",
 )
 
 
@@ -170,7 +172,7 @@ def shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
     config.data.eval_num_examples = 256
     config.batch_size = 32
     config.eval_batch_size = 32
-    config.total_steps = 600  # tiny_vq's held-out MSE: 0.072 at 300 steps, 0.053 at 600
+    config.total_steps = 600  # tiny_vq's held-out MSE: 0.029 at 300 steps, 0.026 at 600 (flat colours)
     config.optimizer.learning_rate = 1e-3
     config.optimizer.end_learning_rate = 1e-4
     config.optimizer.warmup_steps = 20

@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from titok_jax import sharding as sh
 
@@ -43,6 +44,65 @@ def partitioned(init: nn.initializers.Initializer, *names: str | None) -> nn.ini
 def scaled_normal(scale: float) -> nn.initializers.Initializer:
     """`scale * randn`, the init of TiTok's raw embeddings (scale = width ** -0.5)."""
     return nn.initializers.normal(stddev=scale)
+
+
+def sincos_2d(grid: int, width: int) -> np.ndarray:
+    """(grid*grid, width) fixed 2D sin-cos position codes (MAE style): a quarter of the channels each
+    for sin(y), cos(y), sin(x), cos(x) at geometric frequencies; row-major over the grid."""
+    if width % 4:
+        raise ValueError(f"2D sin-cos position codes need a width divisible by 4, got {width}.")
+    quarter = width // 4
+    frequencies = 1.0 / 10_000 ** (np.arange(quarter) / quarter)
+    y, x = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    angles = [c.reshape(-1, 1) * frequencies[None] for c in (y, x)]
+    return np.concatenate([f(a) for a in angles for f in (np.sin, np.cos)], axis=1).astype(np.float32)
+
+
+def grid_positional_init(grid: int, mode: str, scale: float) -> nn.initializers.Initializer:
+    """Init of a (1 + grid*grid, width) positional embedding ([class | grid] rows).
+
+    "normal": `scale * randn` everywhere (official). "sincos": the class row as official, the grid
+    rows 0.5 * sincos_2d: the positions start out knowing their 2D layout instead of learning it from
+    random codes, which is what holds back small ViTs that must render shapes (measured on the tiny
+    tokenizer: held-out MSE 0.024 -> 0.021 at 900 steps, blobs where the shapes are from step ~600).
+    """
+    if mode not in POSITIONAL_INITS:
+        raise ValueError(f"positional_init={mode!r} is not one of {POSITIONAL_INITS}.")
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        values = scaled_normal(scale)(key, shape, dtype)
+        if mode == "sincos":
+            values = values.at[1:].set(0.5 * jnp.asarray(sincos_2d(grid, shape[-1]), dtype))
+        return values
+
+    return init
+
+
+def pixel_conv_init(mode: str, std: float) -> nn.initializers.Initializer:
+    """Init of the single-stage head's final 3x3 conv (3 -> 3 channels).
+
+    "truncated_normal" (official) or "identity" (centre tap = identity, other taps 0). A random 3 -> 3
+    map of std ~0.07 is a near-singular last factor in a product of linear maps; gradient descent then
+    learns colour directions one after another: the tiny tokenizer sat for 2000 steps on grey-yellow
+    blobs that missed red and green (held-out MSE 0.045 > 0.026 of a flat per-image colour). Starting at
+    identity it matches flat colour by step ~300 and goes on to place shapes.
+    """
+    if mode not in PIXEL_CONV_INITS:
+        raise ValueError(f"pixel_conv_init={mode!r} is not one of {PIXEL_CONV_INITS}.")
+    if mode == "truncated_normal":
+        return weight_init(std)
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        del key
+        height, width, channels_in, channels_out = shape
+        kernel = jnp.zeros(shape, dtype)
+        return kernel.at[height // 2, width // 2].set(jnp.eye(channels_in, channels_out, dtype=dtype))
+
+    return init
+
+
+POSITIONAL_INITS = ("normal", "sincos")
+PIXEL_CONV_INITS = ("truncated_normal", "identity")
 
 
 def layer_norm(axis_name: str, name: str, dtype: Dtype, epsilon: float = 1e-5) -> nn.LayerNorm:

@@ -27,12 +27,16 @@ import jax.numpy as jnp
 from titok_jax import sharding as sh
 from titok_jax.models.layers import (
     OFFICIAL_INIT_STD,
+    PIXEL_CONV_INITS,
+    POSITIONAL_INITS,
     REMAT_POLICIES,
     ZEROS,
     Transformer,
     dense,
+    grid_positional_init,
     layer_norm,
     partitioned,
+    pixel_conv_init,
     scaled_normal,
     weight_init,
 )
@@ -47,6 +51,13 @@ def _embedding_param(module: nn.Module, name: str, shape: tuple[int, ...], names
     """A raw embedding initialised as width**-0.5 * randn (official init)."""
     scale = shape[-1] ** -0.5
     return module.param(name, partitioned(scaled_normal(scale), *names), shape, jnp.float32)
+
+
+def _grid_positional_embedding(module: TiTokEncoder | TiTokDecoder, grid: int) -> jax.Array:
+    """The [class | grid*grid] positional embedding, initialised per the module's `positional_init`."""
+    init = grid_positional_init(grid, module.positional_init, module.width**-0.5)
+    shape = (grid * grid + 1, module.width)
+    return module.param("positional_embedding", partitioned(init, sh.LENGTH, sh.EMBED), shape, jnp.float32)
 
 
 def _transformer(module: TiTokEncoder | TiTokDecoder) -> Transformer:
@@ -85,6 +96,7 @@ class TiTokEncoder(nn.Module):
     attention_impl: str | None = None
     init_std: float = OFFICIAL_INIT_STD
     remat_policy: str = "none"
+    positional_init: str = "normal"
 
     @nn.compact
     def __call__(self, images: jax.Array, latent_tokens: jax.Array) -> jax.Array:
@@ -106,9 +118,7 @@ class TiTokEncoder(nn.Module):
         x = x.reshape(batch, grid * grid, self.width)
 
         class_embedding = _embedding_param(self, "class_embedding", (1, self.width), (None, sh.EMBED))
-        positional_embedding = _embedding_param(
-            self, "positional_embedding", (grid * grid + 1, self.width), (sh.LENGTH, sh.EMBED)
-        )
+        positional_embedding = _grid_positional_embedding(self, grid)
         latent_positional_embedding = _embedding_param(
             self, "latent_token_positional_embedding", (self.num_latent_tokens, self.width), (sh.LENGTH, sh.EMBED)
         )
@@ -148,6 +158,8 @@ class TiTokDecoder(nn.Module):
     attention_impl: str | None = None
     init_std: float = OFFICIAL_INIT_STD
     remat_policy: str = "none"
+    positional_init: str = "normal"
+    pixel_conv_init: str = "truncated_normal"
 
     @nn.compact
     def __call__(self, latents: jax.Array) -> jax.Array:
@@ -158,9 +170,7 @@ class TiTokDecoder(nn.Module):
         )
 
         class_embedding = _embedding_param(self, "class_embedding", (1, self.width), (None, sh.EMBED))
-        positional_embedding = _embedding_param(
-            self, "positional_embedding", (grid * grid + 1, self.width), (sh.LENGTH, sh.EMBED)
-        )
+        positional_embedding = _grid_positional_embedding(self, grid)
         mask_token = _embedding_param(self, "mask_token", (1, 1, self.width), (None, None, sh.EMBED))
         latent_positional_embedding = _embedding_param(
             self, "latent_token_positional_embedding", (self.num_latent_tokens, self.width), (sh.LENGTH, sh.EMBED)
@@ -195,7 +205,11 @@ class TiTokDecoder(nn.Module):
             dtype=self.dtype,
             param_dtype=jnp.float32,
             kernel_init=partitioned(
-                weight_init(self.init_std), sh.KERNEL_HEIGHT, sh.KERNEL_WIDTH, sh.CONV_IN, sh.CONV_OUT
+                pixel_conv_init(self.pixel_conv_init, self.init_std),
+                sh.KERNEL_HEIGHT,
+                sh.KERNEL_WIDTH,
+                sh.CONV_IN,
+                sh.CONV_OUT,
             ),
             bias_init=partitioned(ZEROS, sh.CHANNELS),
             name="conv_out",
@@ -241,6 +255,10 @@ class TiTok(nn.Module):
     init_std: float = OFFICIAL_INIT_STD
     # Activation rematerialisation of the ViT blocks: none | full | dots (models.layers.REMAT_POLICIES).
     remat_policy: str = "none"
+    # Init of the grid positional embeddings: normal (official) | sincos (2D sin-cos start, small models).
+    positional_init: str = "normal"
+    # Init of the single-stage head's last 3x3 conv: truncated_normal (official) | identity (small models).
+    pixel_conv_init: str = "truncated_normal"
 
     def setup(self):
         validate_fields(self)
@@ -260,6 +278,7 @@ class TiTok(nn.Module):
             attention_impl=self.attention_impl,
             init_std=self.init_std,
             remat_policy=self.remat_policy,
+            positional_init=self.positional_init,
         )
         if self.quantize_mode == "vq":
             self.quantize = VectorQuantizer(
@@ -280,6 +299,8 @@ class TiTok(nn.Module):
             attention_impl=self.attention_impl,
             init_std=self.init_std,
             remat_policy=self.remat_policy,
+            positional_init=self.positional_init,
+            pixel_conv_init=self.pixel_conv_init,
         )
         if self.with_pixel_decoder:
             self.pixel_quantize = VQGANQuantizer(self.proxy_codebook_size, self.pixel_codebook_dim)
@@ -389,6 +410,12 @@ def validate_fields(model: TiTok) -> None:
             problems.append(f"{part}_width={width} is not divisible by {part}_num_heads={heads}")
     if model.remat_policy not in REMAT_POLICIES:
         problems.append(f"remat_policy={model.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+    if model.positional_init not in POSITIONAL_INITS:
+        problems.append(f"positional_init={model.positional_init!r} is not one of {POSITIONAL_INITS}")
+    if model.pixel_conv_init not in PIXEL_CONV_INITS:
+        problems.append(f"pixel_conv_init={model.pixel_conv_init!r} is not one of {PIXEL_CONV_INITS}")
+    if model.positional_init == "sincos" and (model.encoder_width % 4 or model.decoder_width % 4):
+        problems.append("positional_init='sincos' needs encoder_width and decoder_width divisible by 4")
     if not model.init_std > 0:
         problems.append(f"init_std={model.init_std} must be positive")
     if model.with_pixel_decoder:
