@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from titok_jax.data import pipeline, transforms
+from titok_jax.data.device_prefetch import DevicePrefetch
 from titok_jax.data.sources import ImageFolder, tfds_source
 from titok_jax.data.synthetic import SHAPE_KINDS, SyntheticShapes
 
@@ -396,6 +397,33 @@ def test_orbax_checkpoints_the_iterator_with_grains_handler(tmp_path):
         np.testing.assert_array_equal(want["image"], got["image"])
 
 
+@pytest.mark.parametrize("size", [0, 2])
+def test_device_prefetch_checkpoints_the_position_of_the_last_batch_used(tmp_path, size):
+    import jax
+    import orbax.checkpoint as ocp
+
+    config = _config(num_examples=64)
+    source = pipeline.make_train_iterator(config, 8, seed=1)
+    iterator = DevicePrefetch(source, jax.device_put, size)
+    batches = [next(iterator) for _ in range(3)]
+    assert isinstance(batches[0]["image"], jax.Array)
+    # The wrapped iterator has read `size` batches ahead of what the step used.
+    assert json.loads(source.get_state())["last_seen_indices"]["0"] + 1 == (3 + size) * 8
+    assert json.loads(iterator.get_state())["last_seen_indices"]["0"] + 1 == 3 * 8
+    with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
+        manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+        manager.wait_until_finished()
+        expected = [next(iterator) for _ in range(4)]
+        resumed = DevicePrefetch(pipeline.make_train_iterator(config, 8, seed=1), jax.device_put, size)
+        next(resumed)  # reads ahead before the restore: the restore must drop what it holds
+        manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+    for want, got in zip(expected, [next(resumed) for _ in range(4)], strict=True):
+        np.testing.assert_array_equal(want["image"], got["image"])
+    unprefetched = pipeline.make_train_iterator(config, 8, seed=1)
+    for want in [*batches, *expected]:
+        np.testing.assert_array_equal(want["image"], next(unprefetched)["image"])
+
+
 def test_eval_padding_counts_every_example_exactly_once(numbered_folder):
     # 24 images + 1 broken file, global batch 6 over 2 processes: 25 -> padded to 30, 5 steps on each process.
     (numbered_folder / "class_0" / "broken.jpg").write_bytes(b"\x00" * 64)
@@ -451,6 +479,7 @@ def test_data_config_validation(tmp_path):
         (dict(image_size=0), ValueError, r"data\.image_size"),
         (dict(num_classes=11), ValueError, r"data\.num_classes"),
         (dict(worker_count=-1), ValueError, r"data\.worker_count"),
+        (dict(device_prefetch=-1), ValueError, r"data\.device_prefetch must be an int >= 0"),
     ]
     for overrides, error, message in cases:
         with pytest.raises(error, match=message):

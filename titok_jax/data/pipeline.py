@@ -60,6 +60,8 @@ def default_data_config() -> ml_collections.ConfigDict:
             min_image_size=8,
             # Train augmentation: random crop (tokenizer recipes) or center crop (generator recipe), + random flip.
             random_crop=True,
+            # Global batches placed on the devices ahead of the train step (data.device_prefetch); 0: none.
+            device_prefetch=2,
         )
     )
 
@@ -90,6 +92,7 @@ def validate_data_config(data_config: ml_collections.ConfigDict) -> ml_collectio
     _positive_int(config, "worker_buffer_size")
     _positive_int(config, "read_threads", minimum=0)
     _positive_int(config, "read_buffer_size", minimum=0)
+    _positive_int(config, "device_prefetch", minimum=0)
     if not isinstance(config.random_crop, bool):
         raise ValueError(f"data.random_crop must be True or False, got {config.random_crop!r}.")
     if config.source == "synthetic":

@@ -25,6 +25,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 
 from titok_jax import checkpoint, configs
 from titok_jax import sharding as sh
+from titok_jax.data.device_prefetch import DevicePrefetch
 from titok_jax.evaluation import tokenizer_eval
 from titok_jax.train import build, recipes, stage2_init
 from titok_jax.train.state import TrainState
@@ -102,6 +103,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     frozen = jax.device_put(frozen, sh.replicated(mesh))
 
     train_iter, eval_batch = build.make_data(config)
+    # Restored (below) and checkpointed through the wrapper: it reports the position of the last batch used.
+    train_iter = DevicePrefetch(train_iter, functools.partial(_global_batch, mesh=mesh), config.data.device_prefetch)
     eval_every = build.eval_every(config)
     evaluation = config.get("evaluation")  # tokenizers: the full eval-split metrics
     if evaluation is not None and evaluation.every:
@@ -135,7 +138,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     metric_sums, metric_count, window_start = None, 0, time.time()
     with jax.set_mesh(mesh):
         for step in range(start_step, config.total_steps):
-            batch = _global_batch(next(train_iter), mesh)
+            batch = next(train_iter)
             state, metrics = step_fns[recipe.gan_active(step)](state, batch, frozen)
             # Sum on device; the host only syncs every log_every steps.
             metric_sums = metrics if metric_sums is None else jax.tree.map(jnp.add, metric_sums, metrics)
