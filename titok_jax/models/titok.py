@@ -58,6 +58,7 @@ def _transformer(module: TiTokEncoder | TiTokDecoder) -> Transformer:
         attention_impl=module.attention_impl,
         init_std=module.init_std,
         remat_policy=module.remat_policy,
+        scan_layers=module.scan_layers,
         name="transformer",
     )
 
@@ -85,6 +86,7 @@ class TiTokEncoder(nn.Module):
     attention_impl: str | None = None
     init_std: float = OFFICIAL_INIT_STD
     remat_policy: str = "none"
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, latent_tokens: jax.Array) -> jax.Array:
@@ -148,6 +150,7 @@ class TiTokDecoder(nn.Module):
     attention_impl: str | None = None
     init_std: float = OFFICIAL_INIT_STD
     remat_policy: str = "none"
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, latents: jax.Array) -> jax.Array:
@@ -241,6 +244,9 @@ class TiTok(nn.Module):
     init_std: float = OFFICIAL_INIT_STD
     # Activation rematerialisation of the ViT blocks: none | full | dots (models.layers.REMAT_POLICIES).
     remat_policy: str = "none"
+    # The ViT blocks under nn.scan (params stacked along a leading depth axis: compiles each block once).
+    # Checkpoints keep the layout they were trained with; exports are always unscanned (models.layer_stack).
+    scan_layers: bool = False
 
     def setup(self):
         validate_fields(self)
@@ -260,6 +266,7 @@ class TiTok(nn.Module):
             attention_impl=self.attention_impl,
             init_std=self.init_std,
             remat_policy=self.remat_policy,
+            scan_layers=self.scan_layers,
         )
         if self.quantize_mode == "vq":
             self.quantize = VectorQuantizer(
@@ -280,6 +287,7 @@ class TiTok(nn.Module):
             attention_impl=self.attention_impl,
             init_std=self.init_std,
             remat_policy=self.remat_policy,
+            scan_layers=self.scan_layers,
         )
         if self.with_pixel_decoder:
             self.pixel_quantize = VQGANQuantizer(self.proxy_codebook_size, self.pixel_codebook_dim)
@@ -389,6 +397,8 @@ def validate_fields(model: TiTok) -> None:
             problems.append(f"{part}_width={width} is not divisible by {part}_num_heads={heads}")
     if model.remat_policy not in REMAT_POLICIES:
         problems.append(f"remat_policy={model.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+    if not isinstance(model.scan_layers, bool):
+        problems.append(f"scan_layers={model.scan_layers!r} must be True or False")
     if not model.init_std > 0:
         problems.append(f"init_std={model.init_std} must be positive")
     if model.with_pixel_decoder:
