@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         with_pixel_decoder=False,
         dtype="float32",
         remat_policy="none",  # none | full | dots: activation rematerialisation of the ViT blocks
+        scan_layers=False,  # nn.scan over the ViT blocks: faster compiles, params stacked (exports unstack)
     )
     if encoder_size is None and quantize_mode == "vq":
         # Measured on the 300-step CPU run: with the official U(-1/N, 1/N) codebook, commitment

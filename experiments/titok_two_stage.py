@@ -63,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         with_pixel_decoder=arg.stage == 2,
         dtype="float32",
         remat_policy="none",  # none | full | dots: activation rematerialisation of the ViT blocks
+        scan_layers=False,  # nn.scan over the ViT blocks: faster compiles, params stacked (exports unstack)
         **configs.pixel_decoder_fields(vqgan),
     )
     config.model = ml_collections.ConfigDict(model)

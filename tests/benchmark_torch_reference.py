@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from official_torch_reference import TOKENIZER_VARIANTS, OfficialTiTok, OfficialVQGANPort  # noqa: E402
+from official_torch_reference import TOKENIZER_VARIANTS, OfficialTiTok, OfficialVQGANPort
 
 TINY_VQ = {
     "model": {

@@ -63,6 +63,11 @@ def restore(
     return restored[STATE]
 
 
+def saved_state(manager: ocp.CheckpointManager, step: int) -> Any:
+    """The saved state of `step` as a tree of orbax array metadata (names, shapes, dtypes; no values read)."""
+    return manager.item_metadata(step)[STATE].tree
+
+
 def _check_data_positions(manager: ocp.CheckpointManager, step: int) -> None:
     """Each process resumes its own data-iterator position, so a run resumes with the process count it had."""
     data_dir = epath.Path(manager.directory) / str(step) / DATA

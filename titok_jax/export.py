@@ -26,6 +26,7 @@ from titok_jax import bundle as bundle_lib
 from titok_jax import configs
 from titok_jax import sharding as sh
 from titok_jax.convert import titok as convert_titok
+from titok_jax.models import layer_stack
 from titok_jax.models.titok import TiTok
 
 FORMATS = ("bundle", "pytorch")
@@ -61,11 +62,13 @@ def export_tokenizer(
     recipe, _, _, state, step = restore_for_inference(
         config, workdir, "train the tokenizer first (python -m titok_jax.main --config=... --workdir=...)."
     )
-    model: TiTok = recipe.model
     if ema and state.ema_params is None:
         raise ValueError("This run keeps no EMA weights; export the raw weights with --ema=false.")
     variables = sh.to_host(state.ema_params if ema else state.params)
-    variables = {"params": variables["params"]}
+    # Exports use the interchange layout: a run trained with scan_layers has its ViT blocks unstacked
+    # and is described as unscanned, so loaders and converters never meet stacked params.
+    variables = {"params": layer_stack.unstack_blocks(variables["params"])}
+    model: TiTok = recipe.model.clone(scan_layers=False)
     if file_format == "pytorch":
         convert_titok.save_hub_tokenizer(
             model,

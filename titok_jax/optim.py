@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from titok_jax.models.layer_stack import BLOCKS, TRANSFORMER
 from titok_jax.tree_checks import path_name
 
 # Official rule: no decay for params with ndim < 2 or whose name contains one of
@@ -23,7 +24,9 @@ def weight_decay_mask(params: Any) -> Any:
 
     def decays(path, leaf) -> bool:
         name = path_name(path)
-        return leaf.ndim >= 2 and not any(part in name for part in NO_DECAY_NAME_PARTS)
+        # Scanned ViT blocks (scan_layers) carry a leading depth axis: the rule is about one layer's param.
+        ndim = leaf.ndim - (f"/{TRANSFORMER}/{BLOCKS}/" in f"/{name}/")
+        return ndim >= 2 and not any(part in name for part in NO_DECAY_NAME_PARTS)
 
     return jax.tree_util.tree_map_with_path(decays, params)
 

@@ -42,6 +42,7 @@ IMAGE_HEIGHT = "image_height"
 IMAGE_WIDTH = "image_width"
 CHANNELS = "channels"
 CLASSES = "classes"  # classifier logits of the frozen perceptual / FID networks
+LAYERS = "layers"  # the stacked depth axis of scanned transformer blocks (models.layers.Transformer.scan_layers)
 
 LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
@@ -67,6 +68,8 @@ DEFAULT_RULES: LogicalRules = (
     (IMAGE_WIDTH, None),
     (CHANNELS, None),
     (CLASSES, None),
+    # Replicated: each scan iteration reads one layer's slice, so sharding depth would gather every step.
+    (LAYERS, None),
 )
 
 

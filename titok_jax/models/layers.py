@@ -237,9 +237,18 @@ REMAT_POLICIES = {
 }
 
 
-class Transformer(nn.Module):
-    """A stack of `depth` residual attention blocks named block_0 .. block_{depth-1}.
+def _scan_body(block: nn.Module, x: jax.Array, _: None) -> tuple[jax.Array, None]:
+    """One scan iteration: the block maps the carried activations (nn.scan wants (carry, ys) back)."""
+    return block(x), None
 
+
+class Transformer(nn.Module):
+    """A stack of `depth` residual attention blocks.
+
+    Unscanned (the default and the interchange layout), the blocks are block_0 .. block_{depth-1}.
+    `scan_layers` runs one block under nn.scan instead: its params live once under `blocks`, each
+    with a leading axis of size depth (logical name sharding.LAYERS), and XLA compiles the block
+    once rather than depth times. models.layer_stack converts between the two layouts.
     `remat_policy` wraps each block in nn.remat (same parameter names and tree).
     """
 
@@ -250,6 +259,7 @@ class Transformer(nn.Module):
     attention_impl: str | None = None
     init_std: float = OFFICIAL_INIT_STD
     remat_policy: str = "none"
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -257,9 +267,22 @@ class Transformer(nn.Module):
             raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}.")
         block_cls = ResidualAttentionBlock
         if self.remat_policy != "none":
-            block_cls = nn.remat(ResidualAttentionBlock, policy=REMAT_POLICIES[self.remat_policy])
+            # Inside a scan the loop boundary already keeps XLA from merging the recomputation into
+            # the forward pass, so CSE prevention (extra optimisation barriers) is not needed there.
+            block_cls = nn.remat(
+                ResidualAttentionBlock, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers
+            )
+        block_args = (self.num_heads, self.mlp_ratio, self.dtype, self.attention_impl, self.init_std)
+        if self.scan_layers:
+            scan = nn.scan(
+                _scan_body,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                length=self.depth,
+                metadata_params={nn.PARTITION_NAME: sh.LAYERS},
+            )
+            x, _ = scan(block_cls(*block_args, name="blocks"), x, None)
+            return x
         for i in range(self.depth):
-            x = block_cls(
-                self.num_heads, self.mlp_ratio, self.dtype, self.attention_impl, self.init_std, name=f"block_{i}"
-            )(x)
+            x = block_cls(*block_args, name=f"block_{i}")(x)
         return x

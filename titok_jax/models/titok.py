@@ -69,6 +69,7 @@ def _transformer(module: TiTokEncoder | TiTokDecoder) -> Transformer:
         attention_impl=module.attention_impl,
         init_std=module.init_std,
         remat_policy=module.remat_policy,
+        scan_layers=module.scan_layers,
         name="transformer",
     )
 
@@ -97,6 +98,7 @@ class TiTokEncoder(nn.Module):
     init_std: float = OFFICIAL_INIT_STD
     remat_policy: str = "none"
     positional_init: str = "normal"
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, images: jax.Array, latent_tokens: jax.Array) -> jax.Array:
@@ -160,6 +162,7 @@ class TiTokDecoder(nn.Module):
     remat_policy: str = "none"
     positional_init: str = "normal"
     pixel_conv_init: str = "truncated_normal"
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, latents: jax.Array) -> jax.Array:
@@ -259,6 +262,9 @@ class TiTok(nn.Module):
     positional_init: str = "normal"
     # Init of the single-stage head's last 3x3 conv: truncated_normal (official) | identity (small models).
     pixel_conv_init: str = "truncated_normal"
+    # The ViT blocks under nn.scan (params stacked along a leading depth axis: compiles each block once).
+    # Checkpoints keep the layout they were trained with; exports are always unscanned (models.layer_stack).
+    scan_layers: bool = False
 
     def setup(self):
         validate_fields(self)
@@ -279,6 +285,7 @@ class TiTok(nn.Module):
             init_std=self.init_std,
             remat_policy=self.remat_policy,
             positional_init=self.positional_init,
+            scan_layers=self.scan_layers,
         )
         if self.quantize_mode == "vq":
             self.quantize = VectorQuantizer(
@@ -301,6 +308,7 @@ class TiTok(nn.Module):
             remat_policy=self.remat_policy,
             positional_init=self.positional_init,
             pixel_conv_init=self.pixel_conv_init,
+            scan_layers=self.scan_layers,
         )
         if self.with_pixel_decoder:
             self.pixel_quantize = VQGANQuantizer(self.proxy_codebook_size, self.pixel_codebook_dim)
@@ -416,6 +424,8 @@ def validate_fields(model: TiTok) -> None:
         problems.append(f"pixel_conv_init={model.pixel_conv_init!r} is not one of {PIXEL_CONV_INITS}")
     if model.positional_init == "sincos" and (model.encoder_width % 4 or model.decoder_width % 4):
         problems.append("positional_init='sincos' needs encoder_width and decoder_width divisible by 4")
+    if not isinstance(model.scan_layers, bool):
+        problems.append(f"scan_layers={model.scan_layers!r} must be True or False")
     if not model.init_std > 0:
         problems.append(f"init_std={model.init_std} must be positive")
     if model.with_pixel_decoder:

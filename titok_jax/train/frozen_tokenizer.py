@@ -13,9 +13,10 @@ import numpy as np
 
 from titok_jax import configs
 from titok_jax import sharding as sh
-from titok_jax.models.titok import TiTok
+from titok_jax.models import layer_stack
+from titok_jax.models.titok import TiTok, titok_from_config
 from titok_jax.train import build
-from titok_jax.train.loop import restore_newest
+from titok_jax.train.loop import restore_newest, with_checkpoint_layout
 
 # What names a tokenizer; token shards record it and the generator checks it.
 IDENTITY_KEYS = ("num_tokens", "codebook_size", "codebook_sha256")
@@ -49,13 +50,17 @@ def load_tokenizer(config: ml_collections.ConfigDict | None, workdir: str) -> tu
         raise FileNotFoundError(
             f"Tokenizer workdir {workdir!r} does not exist (expected a tokenizer training workdir)."
         )
-    recipe, _ = build.build_recipe(config)
-    restored = restore_newest(recipe, config, sh.make_mesh(**config.mesh), workdir)
+    # Restore in the checkpoint's layout, then hand out params in the layout of the config's model
+    # (a tokenizer trained with --config.model.scan_layers=True is often named by its plain config file).
+    restore_config = with_checkpoint_layout(config, workdir)
+    recipe, _ = build.build_recipe(restore_config)
+    restored = restore_newest(recipe, restore_config, sh.make_mesh(**config.mesh), workdir)
     if restored is None:
         raise FileNotFoundError(f"Tokenizer workdir {workdir!r} holds no checkpoint (expected a training workdir).")
     state, step = restored
-    params = sh.to_host(state.ema_params)
-    return recipe.model, params, _identity(workdir, int(step), config.get("variant", ""), recipe.model, params)
+    model = titok_from_config(model_config)
+    params = layer_stack.to_layout(sh.to_host(state.ema_params), model.scan_layers)
+    return model, params, _identity(workdir, int(step), config.get("variant", ""), model, params)
 
 
 def _identity(workdir: str, step: int, variant: str, model: TiTok, params: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from titok_jax import checkpoint, configs
 from titok_jax import sharding as sh
 from titok_jax.data.device_prefetch import DevicePrefetch
 from titok_jax.evaluation import tokenizer_eval
+from titok_jax.models import layer_stack
 from titok_jax.train import build, recipes, stage2_init
 from titok_jax.train.state import TrainState
 
@@ -84,10 +85,39 @@ def restore_newest(
     return state, step
 
 
+def saved_scan_layers(manager: Any) -> bool | None:
+    """Whether the newest checkpoint holds scanned ViT blocks (see models.layer_stack); None when there is
+    no checkpoint or its params have no transformer (e.g. a generator's)."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    return layer_stack.scanned_layout(checkpoint.saved_state(manager, step)["params"])
+
+
+def with_checkpoint_layout(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """`config`, or a copy whose model.scan_layers is the layout of the newest checkpoint in `workdir`.
+
+    A run keeps its params in the layout it trained with, so a restore for inference (export,
+    evaluation, a frozen tokenizer, stage-2 init) builds its model in that layout whatever the
+    config it was given says; callers convert the params afterwards where they need another."""
+    if config.recipe == "generator":
+        return config
+    manager = checkpoint.make_manager(workdir, save_every=1, keep=1_000_000)
+    saved = saved_scan_layers(manager)
+    manager.close()
+    if saved is None or saved == config.model.get("scan_layers", False):
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.model.scan_layers = saved
+    return config
+
+
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, hint: str) -> tuple[Any, ...]:
     """(recipe, frozen, mesh, state, step) of the newest checkpoint in `workdir`; a missing one raises
-    FileNotFoundError ending with `hint` (what to do instead)."""
-    recipe, frozen = build.build_recipe(config)
+    FileNotFoundError ending with `hint` (what to do instead). The recipe's model has the checkpoint's
+    scan_layers layout (with_checkpoint_layout), which may differ from `config`'s."""
+    recipe, frozen = build.build_recipe(with_checkpoint_layout(config, workdir))
     mesh = sh.make_mesh(**config.mesh)
     restored = restore_newest(recipe, config, mesh, workdir)
     if restored is None:
@@ -115,6 +145,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     manager = checkpoint.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints)
     with jax.set_mesh(mesh):
         if manager.latest_step() is not None:
+            _check_resume_layout(config, manager, workdir)
             logging.info("Resuming from checkpoint step %d in %s", manager.latest_step(), workdir)
             state = checkpoint.restore(manager, abstract, train_iter)
         else:
@@ -177,6 +208,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     manager.close()
     writer.flush()
     return last_metrics
+
+
+def _check_resume_layout(config: ml_collections.ConfigDict, manager: Any, workdir: str) -> None:
+    """Refuses to resume with another scan_layers than the checkpoints have (their optimizer state is in
+    that layout too) before orbax fails on the tree structure."""
+    if config.recipe == "generator":
+        return
+    saved, wanted = saved_scan_layers(manager), config.model.get("scan_layers", False)
+    if saved is not None and saved != wanted:
+        raise ValueError(
+            f"The checkpoints in {workdir!r} hold {'scanned' if saved else 'unscanned'} ViT blocks, but "
+            f"config.model.scan_layers={wanted}: resume with --config.model.scan_layers={saved}."
+        )
 
 
 @functools.partial(jax.jit, static_argnames=("recipe",))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from titok_jax.models import layer_stack
 from titok_jax.train import build, teacher
 from titok_jax.train.state import TrainState
 
@@ -22,7 +23,7 @@ def _stage1_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def init_from_stage1(state: TrainState, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> TrainState:
     """Replaces the random params of a fresh stage-2 state by stage-1 EMA params + teacher decoder."""
-    from titok_jax.train.loop import restore_newest  # the loop imports this module
+    from titok_jax.train.loop import restore_newest, with_checkpoint_layout  # the loop imports this module
 
     directory = config.init_from
     if os.path.isdir(os.path.join(directory, "checkpoints")):
@@ -31,15 +32,20 @@ def init_from_stage1(state: TrainState, config: ml_collections.ConfigDict, mesh:
         raise FileNotFoundError(
             f"config.init_from={config.init_from!r} is not a stage-1 workdir or checkpoints directory."
         )
-    stage1_recipe, _ = build.build_recipe(_stage1_config(config))
-    restored = restore_newest(stage1_recipe, config, mesh, os.path.dirname(directory))
+    workdir = os.path.dirname(directory)
+    # Stage 1 may have trained with another scan_layers than stage 2: restore it in its own layout,
+    # then stack / unstack its ViT blocks into stage 2's.
+    stage1_config = with_checkpoint_layout(_stage1_config(config), workdir)
+    stage1_recipe, _ = build.build_recipe(stage1_config)
+    restored = restore_newest(stage1_recipe, stage1_config, mesh, workdir)
     if restored is None:
         raise FileNotFoundError(f"No stage-1 checkpoint under {directory!r}.")
     stage1, _ = restored
+    stage1_params = layer_stack.to_layout(stage1.ema_params["params"], config.model.get("scan_layers", False))
 
     _, teacher_variables = teacher.load_teacher(config.teacher, config.model.image_size, config.seed)
     params = dict(state.params["params"])
-    for key, value in stage1.ema_params["params"].items():
+    for key, value in stage1_params.items():
         params[key] = value
     params["pixel_quantize"] = {"codebook": teacher_variables["params"]["quantizer"]["codebook"]}
     params["pixel_decoder"] = teacher_variables["params"]["decoder"]
