@@ -106,14 +106,14 @@ def test_two_processes_train_resume_and_restore_on_another_mesh(tmp_path):
     run_two_processes(workdir, total_steps=4)  # resumes at step 2 in both processes
 
     config = tiny_config("single_stage:tiny_vq", **RUN)
-    recipe, reference, reference_losses = reference_run(config, num_steps=4)
+    _, reference, reference_losses = reference_run(config, num_steps=4)
     losses = logged(workdir, "loss")
     assert sorted(losses) == [1, 2, 3, 4]
     np.testing.assert_allclose([losses[s] for s in (1, 2, 3, 4)], reference_losses, rtol=2e-4)
 
     # Restore in this one process on a 2 x 2 x 2 mesh (the run used 2 x 2 x 1 over 2 processes).
     mesh = sh.make_mesh(data=2, fsdp=2, tensor=2)
-    restored, step = loop.restore_newest(recipe, config, mesh, workdir)
+    _, _, restored, step = loop.restore_newest(config, mesh, workdir)
     assert step == 4
     assert restored.params["params"]["encoder"]["ln_pre"]["scale"].sharding.mesh.shape == mesh.shape
     chex.assert_trees_all_close(_without_codebook(restored.params), _without_codebook(reference.params), atol=2e-4)

@@ -52,7 +52,3 @@ class DevicePrefetch:
 
     def start_prefetch(self) -> None:
         self._iterator.start_prefetch()
-
-    def __getattr__(self, name: str) -> Any:
-        # Anything else (e.g. DataIterator.num_skipped) is the wrapped iterator's.
-        return getattr(self._iterator, name)

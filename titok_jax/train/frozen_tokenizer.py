@@ -15,8 +15,7 @@ from titok_jax import configs
 from titok_jax import sharding as sh
 from titok_jax.models import layer_stack
 from titok_jax.models.titok import TiTok, titok_from_config
-from titok_jax.train import build
-from titok_jax.train.loop import restore_newest, with_checkpoint_layout
+from titok_jax.train.loop import restore_newest
 
 # What names a tokenizer; token shards record it and the generator checks it.
 IDENTITY_KEYS = ("num_tokens", "codebook_size", "codebook_sha256")
@@ -50,14 +49,12 @@ def load_tokenizer(config: ml_collections.ConfigDict | None, workdir: str) -> tu
         raise FileNotFoundError(
             f"Tokenizer workdir {workdir!r} does not exist (expected a tokenizer training workdir)."
         )
-    # Restore in the checkpoint's layout, then hand out params in the layout of the config's model
-    # (a tokenizer trained with --config.model.scan_layers=True is often named by its plain config file).
-    restore_config = with_checkpoint_layout(config, workdir)
-    recipe, _ = build.build_recipe(restore_config)
-    restored = restore_newest(recipe, restore_config, sh.make_mesh(**config.mesh), workdir)
+    # Restored in the checkpoint's layout; handed out in the layout of the config's model (a tokenizer
+    # trained with --config.model.scan_layers=True is often named by its plain config file).
+    restored = restore_newest(config, sh.make_mesh(**config.mesh), workdir)
     if restored is None:
         raise FileNotFoundError(f"Tokenizer workdir {workdir!r} holds no checkpoint (expected a training workdir).")
-    state, step = restored
+    _, _, state, step = restored
     model = titok_from_config(model_config)
     params = layer_stack.to_layout(sh.to_host(state.ema_params), model.scan_layers)
     return model, params, _identity(workdir, int(step), config.get("variant", ""), model, params)

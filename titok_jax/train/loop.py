@@ -70,41 +70,40 @@ def make_step_fns(recipe: Any, shardings: Any) -> dict[bool, Any]:
 
 
 def restore_newest(
-    recipe: Any, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str
-) -> tuple[TrainState, int] | None:
-    """(state, step) of the newest checkpoint in `workdir`, laid out for `recipe` on `mesh`; None if there is none."""
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str
+) -> tuple[Any, Any, TrainState, int] | None:
+    """(recipe, frozen, state, step) of the newest checkpoint in `workdir` on `mesh`; None if there is none.
+
+    The recipe is built from `config` in the layout the checkpoint was trained with (model.scan_layers):
+    a run keeps its params in that layout, whatever the config naming it says (e.g. the plain config file
+    of a tokenizer trained with --config.model.scan_layers=True). Callers that need the other layout
+    convert the params (models.layer_stack.to_layout)."""
     manager = checkpoint.make_manager(workdir, save_every=1, keep=1_000_000)
-    step = manager.latest_step()
-    if step is None:
+    try:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        config = _with_saved_layout(config, manager, step)
+        recipe, frozen = build.build_recipe(config)
+        abstract, _, _ = create_train_state(recipe, config, mesh)
+        with jax.set_mesh(mesh):
+            state = checkpoint.restore(manager, abstract, data_iterator=None, step=step)
+        return recipe, frozen, state, step
+    finally:
         manager.close()
-        return None
-    abstract, _, _ = create_train_state(recipe, config, mesh)
-    with jax.set_mesh(mesh):
-        state = checkpoint.restore(manager, abstract, data_iterator=None)
-    manager.close()
-    return state, step
 
 
-def saved_scan_layers(manager: Any) -> bool | None:
-    """Whether the newest checkpoint holds scanned ViT blocks (see models.layer_stack); None when there is
-    no checkpoint or its params have no transformer (e.g. a generator's)."""
-    step = manager.latest_step()
-    if step is None:
-        return None
+def _saved_scan_layers(manager: Any, step: int) -> bool | None:
+    """Whether checkpoint `step` holds scanned ViT blocks (see models.layer_stack); None when its params
+    have no transformer (e.g. a generator's)."""
     return layer_stack.scanned_layout(checkpoint.saved_state(manager, step)["params"])
 
 
-def with_checkpoint_layout(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """`config`, or a copy whose model.scan_layers is the layout of the newest checkpoint in `workdir`.
-
-    A run keeps its params in the layout it trained with, so a restore for inference (export,
-    evaluation, a frozen tokenizer, stage-2 init) builds its model in that layout whatever the
-    config it was given says; callers convert the params afterwards where they need another."""
+def _with_saved_layout(config: ml_collections.ConfigDict, manager: Any, step: int) -> ml_collections.ConfigDict:
+    """`config`, or a copy whose model.scan_layers is the layout of checkpoint `step`."""
     if config.recipe == "generator":
         return config
-    manager = checkpoint.make_manager(workdir, save_every=1, keep=1_000_000)
-    saved = saved_scan_layers(manager)
-    manager.close()
+    saved = _saved_scan_layers(manager, step)
     if saved is None or saved == config.model.get("scan_layers", False):
         return config
     config = config.copy_and_resolve_references()
@@ -116,13 +115,12 @@ def with_checkpoint_layout(config: ml_collections.ConfigDict, workdir: str) -> m
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, hint: str) -> tuple[Any, ...]:
     """(recipe, frozen, mesh, state, step) of the newest checkpoint in `workdir`; a missing one raises
     FileNotFoundError ending with `hint` (what to do instead). The recipe's model has the checkpoint's
-    scan_layers layout (with_checkpoint_layout), which may differ from `config`'s."""
-    recipe, frozen = build.build_recipe(with_checkpoint_layout(config, workdir))
+    scan_layers layout (see restore_newest), which may differ from `config`'s."""
     mesh = sh.make_mesh(**config.mesh)
-    restored = restore_newest(recipe, config, mesh, workdir)
+    restored = restore_newest(config, mesh, workdir)
     if restored is None:
         raise FileNotFoundError(f"--workdir={workdir!r} holds no checkpoint; {hint}")
-    return recipe, frozen, mesh, *restored
+    return restored[0], restored[1], mesh, *restored[2:]
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -215,7 +213,7 @@ def _check_resume_layout(config: ml_collections.ConfigDict, manager: Any, workdi
     that layout too) before orbax fails on the tree structure."""
     if config.recipe == "generator":
         return
-    saved, wanted = saved_scan_layers(manager), config.model.get("scan_layers", False)
+    saved, wanted = _saved_scan_layers(manager, manager.latest_step()), config.model.get("scan_layers", False)
     if saved is not None and saved != wanted:
         raise ValueError(
             f"The checkpoints in {workdir!r} hold {'scanned' if saved else 'unscanned'} ViT blocks, but "

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from titok_jax.models import layer_stack
-from titok_jax.train import build, teacher
+from titok_jax.train import teacher
 from titok_jax.train.state import TrainState
 
 
@@ -23,7 +23,7 @@ def _stage1_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def init_from_stage1(state: TrainState, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> TrainState:
     """Replaces the random params of a fresh stage-2 state by stage-1 EMA params + teacher decoder."""
-    from titok_jax.train.loop import restore_newest, with_checkpoint_layout  # the loop imports this module
+    from titok_jax.train.loop import restore_newest  # the loop imports this module
 
     directory = config.init_from
     if os.path.isdir(os.path.join(directory, "checkpoints")):
@@ -33,14 +33,12 @@ def init_from_stage1(state: TrainState, config: ml_collections.ConfigDict, mesh:
             f"config.init_from={config.init_from!r} is not a stage-1 workdir or checkpoints directory."
         )
     workdir = os.path.dirname(directory)
-    # Stage 1 may have trained with another scan_layers than stage 2: restore it in its own layout,
-    # then stack / unstack its ViT blocks into stage 2's.
-    stage1_config = with_checkpoint_layout(_stage1_config(config), workdir)
-    stage1_recipe, _ = build.build_recipe(stage1_config)
-    restored = restore_newest(stage1_recipe, stage1_config, mesh, workdir)
+    # Stage 1 may have trained with another scan_layers than stage 2: it is restored in its own layout,
+    # then its ViT blocks are stacked / unstacked into stage 2's.
+    restored = restore_newest(_stage1_config(config), mesh, workdir)
     if restored is None:
         raise FileNotFoundError(f"No stage-1 checkpoint under {directory!r}.")
-    stage1, _ = restored
+    _, _, stage1, _ = restored
     stage1_params = layer_stack.to_layout(stage1.ema_params["params"], config.model.get("scan_layers", False))
 
     _, teacher_variables = teacher.load_teacher(config.teacher, config.model.image_size, config.seed)
