@@ -16,7 +16,7 @@ from PIL import Image
 from titok_jax.data import pipeline, transforms
 from titok_jax.data.device_prefetch import DevicePrefetch
 from titok_jax.data.sources import ImageFolder, tfds_source
-from titok_jax.data.synthetic import SHAPE_KINDS, SyntheticShapes
+from titok_jax.data.synthetic import SHAPE_KINDS, SyntheticShapes, centered_templates, nearest_template_labels
 
 
 def _config(**overrides):
@@ -72,6 +72,34 @@ def test_synthetic_classes_are_balanced_and_images_varied():
     assert SyntheticShapes(10, 32, num_classes=3)[5]["label"] == 2
     with pytest.raises(ValueError, match="num_classes"):
         SyntheticShapes(10, 32, num_classes=len(SHAPE_KINDS) + 1)
+
+
+def test_centered_variation_fixes_each_class_geometry_and_varies_only_colours():
+    source = SyntheticShapes(40, 16, variation="centered", seed=2)
+    masks = centered_templates(16)
+    for i in range(40):
+        image, label = source[i]["image"].astype(np.float64), int(source[i]["label"])
+        # Two colours: every pixel is background + (foreground - background) * the class mask (to rounding).
+        design = np.stack([np.ones(16 * 16), masks[label].ravel()], axis=1)
+        fit, *_ = np.linalg.lstsq(design, image.reshape(-1, 3), rcond=None)
+        assert np.abs(design @ fit - image.reshape(-1, 3)).max() <= 1.0
+        assert np.linalg.norm(fit[1]) >= 85  # the shape's contrast (at least _MIN_CONTRAST, less rounding)
+    assert not np.array_equal(source[0]["image"], source[10]["image"])  # same class, other colours
+    assert "variation='centered'" in repr(source)  # grain's restore check tells the variations apart
+    with pytest.raises(ValueError, match="variation must be one of"):
+        SyntheticShapes(4, 16, variation="jittered")
+
+
+def test_nearest_template_judges_shape_not_colour():
+    real = SyntheticShapes(100, 32, variation="centered", seed=5)
+    images = np.stack([real[i]["image"] for i in range(100)]).astype(np.float32) / 255
+    labels = np.arange(100) % 10
+    np.testing.assert_array_equal(nearest_template_labels(images), labels)
+    np.testing.assert_array_equal(nearest_template_labels(images[:, :, ::-1]), labels)  # mirrored views count
+    # A decoder that renders only the colours: each image's flat mean colour (+ a little noise). Its
+    # labels come out as one or two kinds, not the true ones.
+    flat = images.mean(axis=(1, 2), keepdims=True) + np.random.default_rng(0).normal(0, 0.01, images.shape)
+    assert np.mean(nearest_template_labels(flat) == labels) < 0.3
 
 
 def test_synthetic_is_fast():
@@ -478,6 +506,7 @@ def test_data_config_validation(tmp_path):
         (dict(source="image_folder", root=str(tmp_path / "nope")), FileNotFoundError, "nope"),
         (dict(image_size=0), ValueError, r"data\.image_size"),
         (dict(num_classes=11), ValueError, r"data\.num_classes"),
+        (dict(synthetic_variation="easy"), ValueError, r"data\.synthetic_variation must be one of full, centered"),
         (dict(worker_count=-1), ValueError, r"data\.worker_count"),
         (dict(device_prefetch=-1), ValueError, r"data\.device_prefetch must be an int >= 0"),
     ]

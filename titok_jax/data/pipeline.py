@@ -25,7 +25,7 @@ from ml_collections import config_dict
 
 from titok_jax.data import transforms
 from titok_jax.data.sources import ImageFolder, list_class_names, tfds_source
-from titok_jax.data.synthetic import SHAPE_KINDS, SyntheticShapes
+from titok_jax.data.synthetic import SHAPE_KINDS, VARIATIONS, SyntheticShapes
 
 SOURCES = ("synthetic", "image_folder", "tfds")
 
@@ -41,6 +41,9 @@ def default_data_config() -> ml_collections.ConfigDict:
             eval_num_examples=1_000,
             num_classes=10,
             synthetic_seed=0,
+            # "full": random position, size, geometry and gradient background; "centered": one large
+            # centred shape per class on a flat background (colours still random), learnable in minutes on CPU.
+            synthetic_variation="full",
             # image_folder: root/<class_name>/<image>; eval_root uses root's class names for its labels.
             root=config_dict.placeholder(str),
             eval_root=config_dict.placeholder(str),
@@ -102,6 +105,10 @@ def validate_data_config(data_config: ml_collections.ConfigDict) -> ml_collectio
         _positive_int(config, "num_classes")
         if not 1 <= config.num_classes <= len(SHAPE_KINDS):
             raise ValueError(f"data.num_classes must be in [1, {len(SHAPE_KINDS)}] for synthetic shapes.")
+        if config.synthetic_variation not in VARIATIONS:
+            raise ValueError(
+                f"data.synthetic_variation must be one of {', '.join(VARIATIONS)}, got {config.synthetic_variation!r}."
+            )
         if config.image_size < 8:
             raise ValueError(f"Synthetic shapes need data.image_size >= 8, got {config.image_size}.")
     elif config.source == "image_folder":
@@ -122,7 +129,9 @@ def make_source(data_config: ml_collections.ConfigDict, train: bool) -> Any:
     if config.source == "synthetic":
         num_examples = config.num_examples if train else config.eval_num_examples
         seed = config.synthetic_seed + (0 if train else 1)
-        return SyntheticShapes(num_examples, config.image_size, config.num_classes, seed=seed)
+        return SyntheticShapes(
+            num_examples, config.image_size, config.num_classes, seed=seed, variation=config.synthetic_variation
+        )
     if config.source == "image_folder":
         if train:
             return ImageFolder(config.root)

@@ -1,7 +1,10 @@
 """Procedural shapes: the built-in data set that needs no download.
 
 Every image is one shape kind (the label) in a random colour, position and size
-over a random gradient background. Shapes are drawn from signed distance
+over a random gradient background ("full" variation), or, for CPU-sized runs, a
+large centred shape of fixed geometry over a flat background in random colours
+("centered" variation: a tiny tokenizer trained for minutes can render it, so a
+tiny generator's samples show recognisable shapes). Shapes are drawn from signed distance
 functions with a one-pixel soft edge, so edges are anti-aliased without
 supersampling and a 32 px image costs well under a millisecond of numpy.
 """
@@ -28,6 +31,20 @@ SHAPE_KINDS = (
 
 # Foreground and background colours at least this far apart (RGB, 0-255) keep the shape visible.
 _MIN_CONTRAST = 90.0
+
+VARIATIONS = ("full", "centered")
+
+
+class _CoarsestDraws:
+    """Stands in for the generator the SDFs draw shape parameters from: every draw is its range's top.
+
+    The "centered" variation uses it so each class has one geometry, its coarsest (the widest stripes
+    and checks, the thickest ring), while colours still come from the real generator.
+    """
+
+    @staticmethod
+    def uniform(low: float, high: float) -> float:
+        return high
 
 
 def _stripes(u: np.ndarray, period: float) -> np.ndarray:
@@ -112,12 +129,14 @@ _SDFS: dict[str, Callable[..., np.ndarray]] = {
 class SyntheticShapes:
     """A grain random-access source of `{"image": uint8 (H, W, 3), "label": int32}` shape images.
 
-    Record i depends only on (seed, i): label is `i % num_classes` (so classes are
+    Record i depends only on (seed, variation, i): label is `i % num_classes` (so classes are
     balanced in every contiguous shard), the rest is drawn from a generator seeded
     with (seed, i). Different seeds give different images for the same index.
     """
 
-    def __init__(self, num_examples: int, image_size: int, num_classes: int = 10, seed: int = 0):
+    def __init__(
+        self, num_examples: int, image_size: int, num_classes: int = 10, seed: int = 0, variation: str = "full"
+    ):
         if num_examples < 1:
             raise ValueError(f"SyntheticShapes needs num_examples >= 1, got {num_examples}.")
         if image_size < 8:
@@ -127,10 +146,13 @@ class SyntheticShapes:
                 f"SyntheticShapes has {len(SHAPE_KINDS)} shape kinds ({', '.join(SHAPE_KINDS)}); "
                 f"num_classes must be in [1, {len(SHAPE_KINDS)}], got {num_classes}."
             )
+        if variation not in VARIATIONS:
+            raise ValueError(f"SyntheticShapes variation must be one of {VARIATIONS}, got {variation!r}.")
         self.num_examples = num_examples
         self.image_size = image_size
         self.num_classes = num_classes
         self.seed = seed
+        self.variation = variation
         centers = np.arange(image_size, dtype=np.float32) + 0.5  # pixel centres
         self._y, self._x = np.meshgrid(centers, centers, indexing="ij")
 
@@ -141,7 +163,7 @@ class SyntheticShapes:
         # grain checks this string when it restores an iterator: it must identify the data, nothing more.
         return (
             f"SyntheticShapes(num_examples={self.num_examples}, image_size={self.image_size}, "
-            f"num_classes={self.num_classes}, seed={self.seed})"
+            f"num_classes={self.num_classes}, seed={self.seed}, variation={self.variation!r})"
         )
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
@@ -153,19 +175,28 @@ class SyntheticShapes:
 
     def _draw(self, label: int, rng: np.random.Generator) -> np.ndarray:
         size = self.image_size
-        radius = rng.uniform(0.18, 0.38) * size
-        # Keep most of the shape inside the frame; a little clipping at the border adds variety.
-        center = rng.uniform(0.7 * radius, size - 0.7 * radius, size=2)
-        dx, dy = self._x - center[0], self._y - center[1]
-        distance = _SDFS[SHAPE_KINDS[label]](dx, dy, radius, rng)
+        sdf = _SDFS[SHAPE_KINDS[label]]
+        if self.variation == "centered":
+            radius = 0.36 * size
+            dx, dy = self._x - size / 2, self._y - size / 2
+            distance = sdf(dx, dy, radius, _CoarsestDraws())
+        else:
+            radius = rng.uniform(0.18, 0.38) * size
+            # Keep most of the shape inside the frame; a little clipping at the border adds variety.
+            center = rng.uniform(0.7 * radius, size - 0.7 * radius, size=2)
+            dx, dy = self._x - center[0], self._y - center[1]
+            distance = sdf(dx, dy, radius, rng)
         alpha = np.clip(0.5 - distance, 0.0, 1.0)[..., None]  # one-pixel anti-aliased edge
 
-        # Background: a base colour plus a linear gradient in a random direction.
         base = rng.uniform(0, 255, size=3)
-        direction = rng.normal(size=2)
-        direction /= np.linalg.norm(direction) + 1e-6
-        ramp = ((self._x - size / 2) * direction[0] + (self._y - size / 2) * direction[1]) / size
-        background = base + rng.uniform(-80, 80, size=3) * ramp[..., None]
+        if self.variation == "centered":
+            background = np.broadcast_to(base, (size, size, 3))
+        else:
+            # Background: a base colour plus a linear gradient in a random direction.
+            direction = rng.normal(size=2)
+            direction /= np.linalg.norm(direction) + 1e-6
+            ramp = ((self._x - size / 2) * direction[0] + (self._y - size / 2) * direction[1]) / size
+            background = base + rng.uniform(-80, 80, size=3) * ramp[..., None]
 
         foreground = rng.uniform(0, 255, size=3)
         for _ in range(8):
@@ -177,3 +208,40 @@ class SyntheticShapes:
 
         image = background * (1 - alpha) + foreground * alpha
         return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+
+def centered_templates(image_size: int, num_classes: int = 10) -> np.ndarray:
+    """The shape masks of the "centered" variation: float (num_classes, H, W) in [0, 1], 1 on the shape."""
+    source = SyntheticShapes(num_classes, image_size, num_classes, variation="centered")
+    size = image_size
+    dx, dy = source._x - size / 2, source._y - size / 2
+    return np.stack(
+        [
+            np.clip(0.5 - _SDFS[SHAPE_KINDS[k]](dx, dy, 0.36 * size, _CoarsestDraws()), 0.0, 1.0)
+            for k in range(num_classes)
+        ]
+    )
+
+
+def nearest_template_labels(images: np.ndarray, num_classes: int = 10) -> np.ndarray:
+    """The shape kind whose "centered" mask best explains each image, whatever its two colours.
+
+    Every "centered" image is `background + (foreground - background) * mask` per channel, so for each
+    class the least-squares fit of that form leaves a residual; the class with the smallest one wins.
+    Colours carry no class information here, so this judges shape alone: it names the label of every
+    real "centered" image, and of a decoder's output only if the shape came through. A mask and its
+    mirror image both count for their class (training data may be flipped: the triangle points the
+    other way, the stripes shift).
+
+    images: float (N, H, W, 3) in any range -> int labels (N,).
+    """
+    images = np.asarray(images, np.float64)
+    masks = centered_templates(images.shape[1], num_classes)
+    templates = np.concatenate([masks, masks[:, :, ::-1]]).reshape(2 * num_classes, -1)  # (2K, P)
+    pixels = images.reshape(images.shape[0], -1, 3)  # (N, P, 3)
+    # Per class, regress every channel on [1, mask]: residual = |x - mean x|^2 - (cov(x, m))^2 / var(m).
+    centred_masks = templates - templates.mean(axis=1, keepdims=True)
+    centred_pixels = pixels - pixels.mean(axis=1, keepdims=True)
+    covariance = np.einsum("kp,npc->nkc", centred_masks, centred_pixels)
+    explained = np.sum(covariance**2, axis=-1) / np.sum(centred_masks**2, axis=1)[None]  # (N, K)
+    return np.argmax(explained, axis=1) % num_classes
