@@ -100,6 +100,8 @@ def test_nearest_template_judges_shape_not_colour():
     # labels come out as one or two kinds, not the true ones.
     flat = images.mean(axis=(1, 2), keepdims=True) + np.random.default_rng(0).normal(0, 0.01, images.shape)
     assert np.mean(nearest_template_labels(flat) == labels) < 0.3
+    with pytest.raises(ValueError, match=r"square RGB images \(N, S, S, 3\), got shape \(2, 32, 16, 3\)"):
+        nearest_template_labels(np.zeros((2, 32, 16, 3)))
 
 
 def test_synthetic_is_fast():

@@ -33,6 +33,8 @@ SHAPE_KINDS = (
 _MIN_CONTRAST = 90.0
 
 VARIATIONS = ("full", "centered")
+# The "centered" variation's shape size, as a fraction of the image side (the top of the full variation's range).
+_CENTERED_RADIUS = 0.36
 
 
 class _CoarsestDraws:
@@ -45,6 +47,18 @@ class _CoarsestDraws:
     @staticmethod
     def uniform(low: float, high: float) -> float:
         return high
+
+
+def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the pixel centres, each (size, size)."""
+    centers = np.arange(size, dtype=np.float32) + 0.5
+    y, x = np.meshgrid(centers, centers, indexing="ij")
+    return x, y
+
+
+def _centered_distance(kind: str, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
+    """The signed distance field of `kind` in its "centered" form: image centre, fixed size, coarsest geometry."""
+    return _SDFS[kind](x - size / 2, y - size / 2, _CENTERED_RADIUS * size, _CoarsestDraws())
 
 
 def _stripes(u: np.ndarray, period: float) -> np.ndarray:
@@ -153,8 +167,7 @@ class SyntheticShapes:
         self.num_classes = num_classes
         self.seed = seed
         self.variation = variation
-        centers = np.arange(image_size, dtype=np.float32) + 0.5  # pixel centres
-        self._y, self._x = np.meshgrid(centers, centers, indexing="ij")
+        self._x, self._y = _pixel_grid(image_size)
 
     def __len__(self) -> int:
         return self.num_examples
@@ -175,17 +188,14 @@ class SyntheticShapes:
 
     def _draw(self, label: int, rng: np.random.Generator) -> np.ndarray:
         size = self.image_size
-        sdf = _SDFS[SHAPE_KINDS[label]]
         if self.variation == "centered":
-            radius = 0.36 * size
-            dx, dy = self._x - size / 2, self._y - size / 2
-            distance = sdf(dx, dy, radius, _CoarsestDraws())
+            distance = _centered_distance(SHAPE_KINDS[label], self._x, self._y, size)
         else:
             radius = rng.uniform(0.18, 0.38) * size
             # Keep most of the shape inside the frame; a little clipping at the border adds variety.
             center = rng.uniform(0.7 * radius, size - 0.7 * radius, size=2)
             dx, dy = self._x - center[0], self._y - center[1]
-            distance = sdf(dx, dy, radius, rng)
+            distance = _SDFS[SHAPE_KINDS[label]](dx, dy, radius, rng)
         alpha = np.clip(0.5 - distance, 0.0, 1.0)[..., None]  # one-pixel anti-aliased edge
 
         base = rng.uniform(0, 255, size=3)
@@ -212,14 +222,9 @@ class SyntheticShapes:
 
 def centered_templates(image_size: int, num_classes: int = 10) -> np.ndarray:
     """The shape masks of the "centered" variation: float (num_classes, H, W) in [0, 1], 1 on the shape."""
-    source = SyntheticShapes(num_classes, image_size, num_classes, variation="centered")
-    size = image_size
-    dx, dy = source._x - size / 2, source._y - size / 2
+    x, y = _pixel_grid(image_size)
     return np.stack(
-        [
-            np.clip(0.5 - _SDFS[SHAPE_KINDS[k]](dx, dy, 0.36 * size, _CoarsestDraws()), 0.0, 1.0)
-            for k in range(num_classes)
-        ]
+        [np.clip(0.5 - _centered_distance(kind, x, y, image_size), 0.0, 1.0) for kind in SHAPE_KINDS[:num_classes]]
     )
 
 
@@ -236,6 +241,8 @@ def nearest_template_labels(images: np.ndarray, num_classes: int = 10) -> np.nda
     images: float (N, H, W, 3) in any range -> int labels (N,).
     """
     images = np.asarray(images, np.float64)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"nearest_template_labels needs square RGB images (N, S, S, 3), got shape {images.shape}.")
     masks = centered_templates(images.shape[1], num_classes)
     templates = np.concatenate([masks, masks[:, :, ::-1]]).reshape(2 * num_classes, -1)  # (2K, P)
     pixels = images.reshape(images.shape[0], -1, 3)  # (N, P, 3)
