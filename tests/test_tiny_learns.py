@@ -28,8 +28,9 @@ from PIL import Image
 
 from titok_jax import configs
 from titok_jax import sharding as sh
+from titok_jax.data import pipeline
 from titok_jax.data import tokens as token_data
-from titok_jax.data.synthetic import SyntheticShapes, nearest_template_labels
+from titok_jax.data.synthetic import nearest_template_labels
 from titok_jax.train import build, loop
 
 
@@ -60,17 +61,14 @@ def _per_position_mode_accuracy(tokens_dir):
 
 
 def _held_out_shapes(config, count):
-    """`count` images of the held-out split (5 per class for 50), as uint8 and their labels."""
-    data = config.data
-    source = SyntheticShapes(
-        count, data.image_size, data.num_classes, seed=data.synthetic_seed + 1, variation=data.synthetic_variation
-    )
-    return np.stack([source[i]["image"] for i in range(count)]), np.arange(count) % data.num_classes
+    """The first `count` images of the held-out split (5 per class for 50), as uint8, and their labels."""
+    source = pipeline.make_source(config.data, train=False)
+    return np.stack([source[i]["image"] for i in range(count)]), np.array([source[i]["label"] for i in range(count)])
 
 
 def _shape_accuracy(images, labels, num_classes):
     """(overall, per class) share of images whose shape kind the colour-blind template judge names right."""
-    judged = nearest_template_labels(np.asarray(images, np.float32) / 255, num_classes)
+    judged = nearest_template_labels(np.asarray(images), num_classes)
     return float(np.mean(judged == labels)), [float(np.mean(judged[labels == c] == c)) for c in range(num_classes)]
 
 

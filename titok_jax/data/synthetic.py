@@ -187,26 +187,12 @@ class SyntheticShapes:
         return {"image": self._draw(label, np.random.default_rng((self.seed, index))), "label": np.int32(label)}
 
     def _draw(self, label: int, rng: np.random.Generator) -> np.ndarray:
-        size = self.image_size
-        if self.variation == "centered":
-            distance = _centered_distance(SHAPE_KINDS[label], self._x, self._y, size)
-        else:
-            radius = rng.uniform(0.18, 0.38) * size
-            # Keep most of the shape inside the frame; a little clipping at the border adds variety.
-            center = rng.uniform(0.7 * radius, size - 0.7 * radius, size=2)
-            dx, dy = self._x - center[0], self._y - center[1]
-            distance = _SDFS[SHAPE_KINDS[label]](dx, dy, radius, rng)
+        centered = self.variation == "centered"
+        kind = SHAPE_KINDS[label]
+        distance = _centered_distance(kind, self._x, self._y, self.image_size) if centered else self._placed(kind, rng)
         alpha = np.clip(0.5 - distance, 0.0, 1.0)[..., None]  # one-pixel anti-aliased edge
-
         base = rng.uniform(0, 255, size=3)
-        if self.variation == "centered":
-            background = np.broadcast_to(base, (size, size, 3))
-        else:
-            # Background: a base colour plus a linear gradient in a random direction.
-            direction = rng.normal(size=2)
-            direction /= np.linalg.norm(direction) + 1e-6
-            ramp = ((self._x - size / 2) * direction[0] + (self._y - size / 2) * direction[1]) / size
-            background = base + rng.uniform(-80, 80, size=3) * ramp[..., None]
+        background = base if centered else self._gradient(base, rng)
 
         foreground = rng.uniform(0, 255, size=3)
         for _ in range(8):
@@ -218,6 +204,22 @@ class SyntheticShapes:
 
         image = background * (1 - alpha) + foreground * alpha
         return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+    def _placed(self, kind: str, rng: np.random.Generator) -> np.ndarray:
+        """The full variation's distance field: random size, position and geometry."""
+        size = self.image_size
+        radius = rng.uniform(0.18, 0.38) * size
+        # Keep most of the shape inside the frame; a little clipping at the border adds variety.
+        center = rng.uniform(0.7 * radius, size - 0.7 * radius, size=2)
+        return _SDFS[kind](self._x - center[0], self._y - center[1], radius, rng)
+
+    def _gradient(self, base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The full variation's background: `base` plus a linear gradient in a random direction."""
+        size = self.image_size
+        direction = rng.normal(size=2)
+        direction /= np.linalg.norm(direction) + 1e-6
+        ramp = ((self._x - size / 2) * direction[0] + (self._y - size / 2) * direction[1]) / size
+        return base + rng.uniform(-80, 80, size=3) * ramp[..., None]
 
 
 def centered_templates(image_size: int, num_classes: int = 10) -> np.ndarray:
