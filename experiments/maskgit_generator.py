@@ -15,6 +15,7 @@ import os
 import ml_collections
 
 from titok_jax import configs
+from titok_jax.recipes import defaults
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,8 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = configs.parse_arg(arg, VARIANTS, variant="l32")
     architecture, tokenizer_spec, (num_steps, guidance, temperature, schedule) = VARIANTS[arg.variant]
     tokenizer = configs.load_config(os.path.join(_HERE, tokenizer_spec))
-    config = configs.common_config()
-    config.recipe = "generator"
+    config = defaults.common_config()
+    config.recipe = "maskgit"
     config.variant = arg.variant
     config.tokenizer = ml_collections.ConfigDict(
         dict(config=os.path.join(_HERE, tokenizer_spec), workdir="")  # workdir: the tokenizer's training workdir

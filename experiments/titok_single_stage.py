@@ -13,6 +13,8 @@ both tiny quantizers x two learning rates, and two seeds zipped with two batch s
 import ml_collections
 
 from titok_jax import configs, sweeps
+from titok_jax.models import titok
+from titok_jax.recipes import defaults
 
 # variant -> (encoder size, decoder size, num_latent_tokens, quantize_mode)
 VARIANTS = {
@@ -30,18 +32,18 @@ VARIANTS = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = configs.parse_arg(arg, VARIANTS, variant="bl64_vq")
     encoder_size, decoder_size, num_tokens, quantize_mode = VARIANTS[arg.variant]
-    config = configs.base_config()
+    config = defaults.base_config()
     config.recipe = "single_stage"
     config.variant = arg.variant
 
     if encoder_size is None:  # tiny
-        model = dict(configs.TINY_VIT_FIELDS)
+        model = dict(defaults.TINY_VIT_FIELDS)
         token_size, codebook_size = (8, 256) if quantize_mode == "vq" else (4, 0)
     else:
         model = dict(
             image_size=256,
-            **configs.vit_fields("encoder", encoder_size),
-            **configs.vit_fields("decoder", decoder_size),
+            **titok.vit_fields("encoder", encoder_size),
+            **titok.vit_fields("decoder", decoder_size),
         )
         token_size, codebook_size = (64, 8192) if quantize_mode == "vq" else (16, 0)
     model.update(
@@ -73,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.discriminator.enabled = True
     config.data.image_size = config.model.image_size
     if arg.variant.startswith("tiny"):
-        configs.shrink_for_cpu(config)
+        defaults.shrink_for_cpu(config)
     return config
 
 

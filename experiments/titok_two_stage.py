@@ -14,6 +14,8 @@ import dataclasses
 import ml_collections
 
 from titok_jax import configs, losses
+from titok_jax.models import titok, vqgan
+from titok_jax.recipes import defaults
 
 # variant -> (encoder size, decoder size, num_latent_tokens, image_size)
 VARIANTS = {
@@ -32,25 +34,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = configs.parse_arg(arg, VARIANTS, variant="s128", stage=1)
     if arg.stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {arg.stage!r}.")
-    config = configs.base_config()
+    config = defaults.base_config()
     config.recipe = f"two_stage_{arg.stage}"
     config.variant = arg.variant
 
     if arg.variant == "tiny":
-        vqgan = TINY_VQGAN
+        teacher = TINY_VQGAN
         model = dict(
-            **configs.TINY_VIT_FIELDS,
+            **defaults.TINY_VIT_FIELDS,
             num_latent_tokens=16,
             token_size=8,
             codebook_size=256,
         )
     else:
-        vqgan = configs.MASKGIT_VQGAN
+        teacher = vqgan.MASKGIT_VQGAN
         encoder_size, decoder_size, num_tokens, image_size = VARIANTS[arg.variant]
         model = dict(
             image_size=image_size,
-            **configs.vit_fields("encoder", encoder_size),
-            **configs.vit_fields("decoder", decoder_size),
+            **titok.vit_fields("encoder", encoder_size),
+            **titok.vit_fields("decoder", decoder_size),
             num_latent_tokens=num_tokens,
             token_size=12,
             codebook_size=4096,
@@ -64,16 +66,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dtype="float32",
         remat_policy="none",  # none | full | dots: activation rematerialisation of the ViT blocks
         scan_layers=False,  # nn.scan over the ViT blocks: faster compiles, params stacked (exports unstack)
-        **configs.pixel_decoder_fields(vqgan),
+        **titok.pixel_decoder_fields(teacher),
     )
     config.model = ml_collections.ConfigDict(model)
     config.data.image_size = config.model.image_size
     if arg.variant.startswith("tiny"):
-        configs.shrink_for_cpu(config)
+        defaults.shrink_for_cpu(config)
 
     # The frozen MaskGIT VQGAN whose codes are the stage-1 targets and whose
     # decoder initialises the stage-2 pixel decoder.
-    config.teacher = ml_collections.ConfigDict(vqgan)
+    config.teacher = ml_collections.ConfigDict(teacher)
     config.teacher.checkpoint = ""  # path to the MaskGIT VQGAN weights
     config.teacher.random_init = arg.variant == "tiny"  # only the tiny model may use a random teacher
     if arg.stage == 2:

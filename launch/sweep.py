@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from launch import common, local, slurm, tpu_vm
-from titok_jax import sweeps
+from titok_jax import recipes, sweeps
 
 LAUNCHERS = ("local", "slurm", "tpu_vm")
 
@@ -72,7 +72,7 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    runs = sweeps.expand(f.config, f.root)
+    runs = sweeps.expand(f.config, f.root, validate=recipes.validate)
     return launch(runs, f.launcher, f.dry_run)
 
 

@@ -8,7 +8,7 @@ import pytest
 from helpers import SINGLE_STAGE
 
 from launch import common, local, slurm, tpu_vm
-from titok_jax import sweeps
+from titok_jax import recipes, sweeps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=experiments/titok_two_stage.py:l32", "--workdir=gs://bucket/l32 stage1"]
@@ -160,7 +160,7 @@ def test_sweep_combinators_and_bad_sweeps(tmp_path):
     with pytest.raises(ValueError, match="repeated runs"):
         sweeps.expand(spec, str(tmp_path), [{"seed": 1}, {"seed": 1}])
     with pytest.raises(ValueError, match="mesh"):  # every run's config is validated before any launch
-        sweeps.expand(spec, str(tmp_path), [{"mesh.data": 0}])
+        sweeps.expand(spec, str(tmp_path), [{"mesh.data": 0}], validate=recipes.validate)
     with pytest.raises(ValueError, match="declares no sweep"):
         sweeps.load_sweep(f"{os.path.dirname(SINGLE_STAGE)}/titok_two_stage.py:tiny")
 

@@ -18,7 +18,7 @@ from titok_jax.models import layer_stack
 from titok_jax.models.titok import titok_from_config
 from titok_jax.tokenizer import Tokenizer
 from titok_jax.train import build, frozen_tokenizer, loop, stage2_init, teacher
-from titok_jax.tree_checks import path_name
+from titok_jax.trees import path_name
 
 # Encoder depth 3 against the decoder's 2: a depth axis taken from the wrong transformer cannot fit.
 SCANNED = {"model.scan_layers": True, "model.encoder_depth": 3}

@@ -63,6 +63,43 @@ def restore(
     return restored[STATE]
 
 
+def checkpoints_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def newest_step(workdir: str) -> int | None:
+    """The newest complete checkpoint step of `workdir`; None when it has none. Creates nothing."""
+    directory = checkpoints_dir(workdir)
+    if not os.path.isdir(directory):
+        return None
+    manager = ocp.CheckpointManager(directory, item_handlers={STATE: ocp.PyTreeCheckpointHandler()})
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
+
+
+def saved_parts(workdir: str, step: int) -> Any:
+    """The saved state of `step` as {part: tree of orbax array metadata} (no values read)."""
+    manager = ocp.CheckpointManager(checkpoints_dir(workdir), item_handlers={STATE: ocp.PyTreeCheckpointHandler()})
+    try:
+        return manager.item_metadata(step)[STATE].tree
+    finally:
+        manager.close()
+
+
+def restore_parts(workdir: str, step: int, abstract_parts: dict[str, Any]) -> dict[str, Any]:
+    """Reads only the named parts of a saved state (e.g. {"ema_params": abstract tree}) into the shardings of
+    their abstract trees: no optimizer state or other part is read, and no training object is needed."""
+    manager = ocp.CheckpointManager(checkpoints_dir(workdir), item_handlers={STATE: ocp.PyTreeCheckpointHandler()})
+    try:
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_parts)
+        args = ocp.args.PyTreeRestore(abstract_parts, restore_args=restore_args, partial_restore=True)
+        return manager.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE]
+    finally:
+        manager.close()
+
+
 def saved_state(manager: ocp.CheckpointManager, step: int) -> Any:
     """The saved state of `step` as a tree of orbax array metadata (names, shapes, dtypes; no values read)."""
     return manager.item_metadata(step)[STATE].tree

@@ -1,4 +1,4 @@
-r"""titok_jax entry point: trains a tokenizer recipe.
+r"""Trains any recipe (tokenizers, generators) in a workdir.
 
   python -m titok_jax.main --workdir=/tmp/titok_tiny \
       [--config=experiments/titok_single_stage.py:tiny_vq] [--config.total_steps=600]
@@ -11,32 +11,26 @@ cluster is found by itself, elsewhere add --coordinator_address=HOST:PORT
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import logging
 
-from titok_jax import distributed
-from titok_jax.train import loop
+from titok_jax import cli, recipes
 
-_DEFAULT_CONFIG = (
-    os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "titok_single_stage.py") + ":tiny_vq"
-)
-
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file[:variant,args].")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.", required=True)
-distributed.define_flags()
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "titok_single_stage.py") + ":tiny_vq"
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    distributed.initialize_from_flags()
-    metrics = loop.train(_CONFIG.value, _WORKDIR.value)
+@dataclasses.dataclass(frozen=True)
+class Options:
+    workdir: str = cli.option(None, "Directory for checkpoints, logs and outputs.", required=True)
+
+
+def run(config, options: Options) -> dict[str, float]:
+    metrics = recipes.train(config, options.workdir)
     logging.info("Final metrics: %s", metrics)
-    print(json.dumps(metrics, sort_keys=True))
+    return metrics
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.main(run, Options, config="optional", distributed=True, config_default=DEFAULT_CONFIG)

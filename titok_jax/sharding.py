@@ -8,7 +8,7 @@ a GPU box and a TPU pod.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -133,26 +133,6 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: LogicalRules = DEFA
     return jax.tree.map(sharding, logical_specs, shapes, is_leaf=is_spec)
 
 
-def init_sharded(
-    init_fn: Callable[..., Any], mesh: Mesh, *args: Any, rules: LogicalRules = DEFAULT_RULES
-) -> tuple[Any, Any]:
-    """Runs `init_fn(*args)` so that its outputs are created in their shardings.
-
-    eval_shape gives the boxed abstract tree, whose logical names the rules turn
-    into shardings; the jitted init then writes each leaf straight into its
-    shards (no full copy on any device). Returns (unboxed values, shardings).
-    """
-    abstract = jax.eval_shape(init_fn, *args)
-    shardings = logical_shardings(abstract, mesh, rules)
-
-    def unboxed_init(*a):
-        return nn.meta.unbox(init_fn(*a))
-
-    with jax.set_mesh(mesh):
-        values = jax.jit(unboxed_init, out_shardings=shardings)(*args)
-    return values, shardings
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
@@ -160,6 +140,24 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Shards the leading (batch) axis over data and fsdp."""
     return NamedSharding(mesh, PartitionSpec((DATA, FSDP), *([None] * (ndim - 1))))
+
+
+def pad_batch(batch: np.ndarray, multiple: int, fill: str = "zeros") -> tuple[np.ndarray, int]:
+    """Pads the leading axis up to a multiple of `multiple` (whole shards on every device); returns
+    (padded, real size). `fill`: "zeros" or "repeat" (copies of the last example)."""
+    size = batch.shape[0]
+    padded = -(-size // multiple) * multiple
+    if padded == size:
+        return batch, size
+    extra = np.repeat(batch[-1:], padded - size, axis=0) if fill == "repeat" else np.zeros(
+        (padded - size, *batch.shape[1:]), batch.dtype
+    )
+    return np.concatenate([batch, extra]), size
+
+
+def process_local(batch: np.ndarray) -> np.ndarray:
+    """This process's contiguous part of a global batch that every process holds in full."""
+    return np.split(batch, jax.process_count())[jax.process_index()]
 
 
 def to_host(tree: Any) -> Any:

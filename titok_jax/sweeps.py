@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -102,8 +102,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
     return config
 
 
-def expand(config_spec: str, root: str, sweep: list[dict[str, Any]] | None = None) -> list[Run]:
-    """The runs of a sweep (default: the experiment file's own), each config loaded and validated.
+def expand(
+    config_spec: str,
+    root: str,
+    sweep: list[dict[str, Any]] | None = None,
+    validate: Callable[[ml_collections.ConfigDict], Any] | None = None,
+) -> list[Run]:
+    """The runs of a sweep (default: the experiment file's own), each config loaded and checked by `validate`
+    (the launcher passes `recipes.validate`: every run is checked before any is launched).
 
     Workdirs are ROOT/EXPERIMENT_ARG/NAME with NAME from the swept values, e.g.
     /runs/titok_single_stage_tiny_vq/learning_rate=0.001,seed=2.
@@ -119,7 +125,8 @@ def expand(config_spec: str, root: str, sweep: list[dict[str, Any]] | None = Non
         fields = {k: v for k, v in overrides.items() if k != ARG_KEY}
         spec = f"{path}:{arg}" if arg else path
         config = apply_overrides(configs.load_config(spec), fields)
-        configs.validate_config(config)
+        if validate is not None:
+            validate(config)
         group = f"{experiment}_{_word(arg)}" if arg else experiment
         name = ",".join(f"{short[k]}={_word(v)}" for k, v in fields.items()) or "base"
         runs.append(Run(group, name, spec, fields, os.path.join(root, group, name), config))

@@ -12,7 +12,8 @@ query / key / value Linears fill our fused qkv kernel. HF's non-parameter buffer
 (`model.embeddings.position_ids`, `token_type_ids`), which older transformers releases
 saved, are accepted and dropped.
 
-  python -m titok_jax.convert.generator --checkpoint=HUB_DIR_OR_BIN [--config=titok_l32.yaml] --output=BUNDLE
+`titok_jax.Generator.load(DIR, tokenizer=...)` reads one directly; `python -m titok_jax.export
+--official_generator=DIR --tokenizer=TOKENIZER --output=BUNDLE` turns it into a generator bundle.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def expected_params(model: MaskGITBert | MaskGITUViT) -> Tree:
 def params_from_state_dict(
     model: MaskGITBert | MaskGITUViT, state: Mapping[str, np.ndarray], source: str = "state dict"
 ) -> Tree:
-    from titok_jax.tree_checks import check_tree_matches
+    from titok_jax.trees import check_tree_matches
 
     kind = "ImageBert (ViT)" if isinstance(model, MaskGITBert) else "UViTBert"
     params = tl.state_dict_to_tree(
@@ -195,28 +196,3 @@ def load_official_generator(
     variables = params_from_state_dict(model, tl.read_state_dict(weights, drop_suffixes=HF_BUFFERS), repr(weights))
     return model, variables, fields, sampling
 
-
-def _main() -> None:
-    from absl import app, flags
-
-    flags.DEFINE_string("checkpoint", None, "Hub directory or generator .bin/.safetensors.", required=True)
-    flags.DEFINE_string("config", None, "config.json / infer .yaml (for a weights file).")
-    flags.DEFINE_string("output", None, "Output bundle directory.", required=True)
-    FLAGS = flags.FLAGS
-
-    def main(argv: Sequence[str]) -> None:
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-        from titok_jax import bundle
-
-        _, variables, fields, sampling = load_official_generator(FLAGS.checkpoint, FLAGS.config)
-        bundle.save_bundle(
-            FLAGS.output, "generator", fields, variables, metadata={"source": FLAGS.checkpoint, "sampling": sampling}
-        )
-        print(f"Wrote {FLAGS.output}")
-
-    app.run(main)
-
-
-if __name__ == "__main__":
-    _main()

@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from titok_jax.configs import VIT_SIZES
 from titok_jax.convert import torch_layout as tl
 from titok_jax.convert.vqgan import decoder_entries
-from titok_jax.models.titok import TITOK_FIELDS, TiTok, titok_from_config
+from titok_jax.models.titok import TITOK_FIELDS, VIT_SIZES, TiTok, titok_from_config
 
 Tree = dict[str, Any]
 
@@ -259,7 +258,7 @@ def expected_params(model: TiTok) -> Tree:
 
 def params_from_state_dict(model: TiTok, state: Mapping[str, np.ndarray], source: str = "state dict") -> Tree:
     """An official TiTok state dict -> our {"params": ...}, every key and shape checked both ways."""
-    from titok_jax.tree_checks import check_tree_matches
+    from titok_jax.trees import check_tree_matches
 
     params = tl.state_dict_to_tree(
         state,

@@ -11,9 +11,7 @@ named `*_random_inception` and only comparable with each other.
 from __future__ import annotations
 
 import functools
-import json
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -65,9 +63,9 @@ def metric_name(name: str, real_inception: bool) -> str:
     return name if real_inception or name not in ("rfid", "is", "is_std", "gfid") else f"{name}_random_inception"
 
 
-@functools.partial(jax.jit, static_argnames=("recipe", "metrics"))
-def _tokenizer_batch(recipe: Any, params: Any, inception_vars: Any, frozen: Any, images: jax.Array, metrics):
-    reconstructions = jnp.round(recipe.reconstruct(params, images, frozen) * 255.0) / 255.0
+@functools.partial(jax.jit, static_argnames=("reconstruct", "model", "metrics"))
+def _tokenizer_batch(reconstruct: Any, model: TiTok, params: Any, aux: Any, inception_vars: Any, images: jax.Array, metrics):
+    reconstructions = jnp.round(reconstruct(params, images, aux) * 255.0) / 255.0
     out = {}
     if "psnr" in metrics:
         out["psnr"] = scores.psnr(reconstructions, images)
@@ -77,14 +75,15 @@ def _tokenizer_batch(recipe: Any, params: Any, inception_vars: Any, frozen: Any,
         out["real_pool"], _ = inception.inception_features(inception_vars, images)
         out["pool"], out["logits"] = inception.inception_features(inception_vars, reconstructions)
     if "codebook" in metrics:
-        out["indices"] = recipe.model.apply(params, images, sample_posterior=False, method=TiTok.encode)[1]["indices"]
+        out["indices"] = model.apply(params, images, sample_posterior=False, method=TiTok.encode)[1]["indices"]
     return out
 
 
 def evaluate_tokenizer(
-    recipe: Any,
+    reconstruct: Callable[[Any, jax.Array, Any], jax.Array],
+    model: TiTok,
     params: Any,
-    frozen: Any,
+    aux: Any,
     data_config: ml_collections.ConfigDict,
     batch_size: int,
     mesh: jax.sharding.Mesh,
@@ -94,12 +93,14 @@ def evaluate_tokenizer(
     max_images: int = 0,
 ) -> dict[str, float]:
     """One pass over the eval split (its first `max_images` images, whole batches, if > 0) -> {metric: value}
-    (see the module docstring for the protocol)."""
+    (see the module docstring for the protocol). `reconstruct(params, images, aux)` -> pixels in [0, 1] is the
+    tokenizer's deterministic reconstruction (hashable: a jit static argument); `aux` its other weights (e.g. a
+    stage-1 model's VQGAN teacher); `model` encodes for the codebook statistics."""
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"Unknown metrics {unknown}; valid: {', '.join(METRICS)}.")
     metrics = tuple(m for m in METRICS if m in metrics)
-    if "codebook" in metrics and recipe.model.quantize_mode != "vq":
+    if "codebook" in metrics and model.quantize_mode != "vq":
         metrics = tuple(m for m in metrics if m != "codebook")  # a VAE has no codes
     real, fake = RunningStatistics(inception.POOL_FEATURES), RunningStatistics(inception.POOL_FEATURES)
     logits, code_counts, sums, count = [], None, {"psnr": 0.0, "ssim": 0.0}, 0
@@ -110,7 +111,7 @@ def evaluate_tokenizer(
                 break
             images = jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 4), batch["image"])
             mask = to_host(jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 1), batch["mask"]))
-            out = _tokenizer_batch(recipe, params, inception_vars, frozen, images, metrics)
+            out = _tokenizer_batch(reconstruct, model, params, aux, inception_vars, images, metrics)
             count += int(mask.sum())
             for key in ("psnr", "ssim"):
                 if key in out:
@@ -120,7 +121,7 @@ def evaluate_tokenizer(
                 fake.update(out["pool"], mask)
                 logits.append(to_host(out["logits"])[mask])
             if "indices" in out:
-                counts = np.bincount(to_host(out["indices"])[mask].reshape(-1), minlength=recipe.model.codebook_size)
+                counts = np.bincount(to_host(out["indices"])[mask].reshape(-1), minlength=model.codebook_size)
                 code_counts = counts if code_counts is None else code_counts + counts
     if count == 0:
         raise ValueError("The eval split holds no usable images.")
@@ -159,8 +160,8 @@ def image_set_statistics(
     with jax.set_mesh(mesh):
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.uint8)])
-            local = np.split(padded, jax.process_count())[jax.process_index()]  # every process read the file
+            padded, _ = sh.pad_batch(chunk, batch_size)
+            local = sh.process_local(padded)  # every process read the file
             sharded = jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 4), local)
             pool, batch_logits = pool_and_logits(inception_vars, sharded)
             mask = np.arange(batch_size) < len(chunk)
@@ -168,13 +169,3 @@ def image_set_statistics(
             logits.append(to_host(batch_logits)[mask])
     return stats, np.concatenate(logits)
 
-
-def save_results_json(workdir: str, step: int, results: dict[str, float]) -> str:
-    """WORKDIR/eval/step_S.json (written atomically, by process 0); returns the path."""
-    path = os.path.join(workdir, "eval", f"step_{step}.json")
-    if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
-        os.replace(path + ".tmp", path)
-    return path

@@ -185,3 +185,15 @@ def maskgit_from_config(model_config: Any) -> MaskGITBert | MaskGITUViT:
     if cls is MaskGITUViT and fields.get("depth", cls.depth) % 2:
         raise ValueError("MaskGITUViT.depth counts in- plus out-blocks and must be even.")
     return cls(**fields)
+
+
+def maskgit_fields(model: MaskGITBert | MaskGITUViT) -> dict[str, Any]:
+    """JSON-able fields of a generator plus its `architecture`: maskgit_from_config(maskgit_fields(m)) == m."""
+    architecture = next(name for name, cls in GENERATOR_ARCHITECTURES.items() if isinstance(model, cls))
+    fields: dict[str, Any] = {"architecture": architecture}
+    for field in dataclasses.fields(model):
+        if field.name in ("parent", "name"):
+            continue
+        value = getattr(model, field.name)
+        fields[field.name] = jnp.dtype(value).name if field.name == "dtype" else value
+    return fields

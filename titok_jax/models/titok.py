@@ -254,7 +254,7 @@ class TiTok(nn.Module):
     pixel_codebook_dim: int = 256
     dtype: Dtype = jnp.float32
     attention_impl: str | None = None
-    # Kernel init std (official 0.02, tuned for 512-1024 wide ViTs; see configs.TINY_VIT_FIELDS).
+    # Kernel init std (official 0.02, tuned for 512-1024 wide ViTs; see recipes.defaults.TINY_VIT_FIELDS).
     init_std: float = OFFICIAL_INIT_STD
     # Activation rematerialisation of the ViT blocks: none | full | dots (models.layers.REMAT_POLICIES).
     remat_policy: str = "none"
@@ -441,6 +441,33 @@ def validate_fields(model: TiTok) -> None:
             )
     if problems:
         raise ValueError("Invalid TiTok config: " + "; ".join(problems) + ".")
+
+
+# ViT sizes of the official tokenizers: name -> (width, depth, num_heads).
+VIT_SIZES = {
+    "small": (512, 8, 8),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+}
+
+
+def vit_fields(prefix: str, size: str) -> dict[str, int]:
+    """{prefix_width, prefix_depth, prefix_num_heads} of a named ViT size."""
+    if size not in VIT_SIZES:
+        raise ValueError(f"Unknown ViT size {size!r}; valid sizes: {', '.join(VIT_SIZES)}.")
+    width, depth, heads = VIT_SIZES[size]
+    return {f"{prefix}_width": width, f"{prefix}_depth": depth, f"{prefix}_num_heads": heads}
+
+
+def pixel_decoder_fields(vqgan: Any) -> dict[str, Any]:
+    """TiTok fields of a stage-2 pixel decoder initialised from the teacher `vqgan` (a mapping of VQGAN fields)."""
+    return dict(
+        proxy_codebook_size=vqgan["codebook_size"],
+        pixel_decoder_filters=vqgan["filters"],
+        pixel_decoder_channel_multipliers=tuple(vqgan["channel_multipliers"]),
+        pixel_decoder_num_res_blocks=vqgan["num_res_blocks"],
+        pixel_codebook_dim=vqgan["embedding_dim"],
+    )
 
 
 TITOK_FIELDS = tuple(f.name for f in dataclasses.fields(TiTok) if f.name not in ("parent", "name"))

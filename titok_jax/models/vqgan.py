@@ -23,6 +23,13 @@ from titok_jax import sharding as sh
 from titok_jax.models.layers import ONES, ZEROS, partitioned
 
 Dtype = Any
+
+# The MaskGIT VQGAN of the official recipes (ImageNet 256, f16, 1024 x 256 codes).
+MASKGIT_VQGAN = dict(
+    filters=128, channel_multipliers=(1, 1, 2, 2, 4), num_res_blocks=2, embedding_dim=256, codebook_size=1024
+)
+# The fields that build a VQGAN (a teacher config carries these and more).
+VQGAN_FIELDS = ("filters", "channel_multipliers", "num_res_blocks", "embedding_dim", "codebook_size")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 

@@ -1,42 +1,61 @@
 """The inference API of a trained TiTok: images -> tokens -> images.
 
   tok = Tokenizer.load("exported_bundle/")          # or an official hub directory
+  tok = Tokenizer.load("/tmp/titok_tiny", config="experiments/titok_single_stage.py:tiny_vq")  # a training workdir
   tokens = tok.encode(images)                        # uint8 or float [0, 1], (B, H, W, 3)
   images = tok.decode(tokens)                        # float32 [0, 1], (B, H, W, 3)
 
-`load` accepts a titok_jax bundle (`python -m titok_jax.export`), an official hub
-directory (config.json + model.safetensors / pytorch_model.bin), or a weights file
-plus its config (`config=` a config.json or the official infer .yaml).
+`load` accepts a training workdir plus its experiment config (the newest checkpoint's EMA
+params, read params-only), a titok_jax bundle (`python -m titok_jax.export`), an official hub
+directory (config.json + model.safetensors / pytorch_model.bin), or a weights file plus its
+config (`config=` a config.json or the official infer .yaml).
 Batches are padded to a multiple of the local devices and sharded over them; each
 (model, batch shape) compiles once. VQ tokens are int32 code ids (B, K); VAE tokens are
-the posterior means (B, K, token_size).
+the posterior means (B, K, token_size). `encode` below is the one jitted images -> tokens
+path: pretokenization and the generators' on-the-fly tokenization use it too.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from titok_jax import bundle as bundle_lib
+from titok_jax import configs
+from titok_jax import sharding as sh
 from titok_jax.convert import titok as convert_titok
 from titok_jax.convert import torch_layout as tl
+from titok_jax.inference import bundle as bundle_lib
+from titok_jax.inference import restore
+from titok_jax.models import layer_stack
 from titok_jax.models.titok import TiTok, titok_from_config
+from titok_jax.trees import check_tree_matches
+
+# What names a tokenizer; token shards record it and a generator checks it.
+IDENTITY_KEYS = ("num_tokens", "codebook_size", "codebook_sha256")
 
 
 @functools.partial(jax.jit, static_argnames="model")
-def _encode(model: TiTok, variables: Any, images: jax.Array) -> jax.Array:
+def encode(model: TiTok, variables: Any, images: jax.Array) -> jax.Array:
+    """images (B, H, W, 3) in [0, 1] -> int32 code ids (B, K) (VQ) or posterior means (B, K, C) (VAE)."""
     latents, info = model.apply(variables, images, sample_posterior=False, method=TiTok.encode)
     return info["indices"].astype(jnp.int32) if model.quantize_mode == "vq" else latents
 
 
 @functools.partial(jax.jit, static_argnames="model")
-def _decode(model: TiTok, variables: Any, tokens: jax.Array) -> jax.Array:
+def decode(model: TiTok, variables: Any, tokens: jax.Array) -> jax.Array:
+    """Tokens from `encode` -> pixels (B, H, W, 3) clipped to [0, 1]."""
     return jnp.clip(model.apply(variables, tokens, method=TiTok.decode_tokens), 0.0, 1.0)
+
+
+def is_training_workdir(path: str | os.PathLike) -> bool:
+    return os.path.isdir(os.path.join(os.fspath(path), "checkpoints"))
 
 
 def is_exported_tokenizer(path: str | os.PathLike) -> bool:
@@ -48,11 +67,44 @@ def exported_model(path: str | os.PathLike) -> TiTok:
     """The model of a bundle or hub directory, from its config alone (no weights read)."""
     path = os.fspath(path)
     if bundle_lib.is_bundle(path):
-        return titok_from_config(bundle_lib.read_header(path)["model"])
+        return titok_from_config(bundle_lib.read_header(path, kind="tokenizer")["model"])
     config_path = os.path.join(path, convert_titok.CONFIG_NAME)
     return titok_from_config(
         convert_titok.fields_from_hub_config(convert_titok.read_hub_config(config_path), config_path)
     )
+
+
+def experiment_config(config: ml_collections.ConfigDict | str) -> ml_collections.ConfigDict:
+    """An experiment config given as a ConfigDict or a `file.py[:arg]` spec."""
+    return configs.load_config(config) if isinstance(config, str) else config
+
+
+def model_of(path: str | os.PathLike, config: ml_collections.ConfigDict | str | None = None) -> TiTok:
+    """The TiTok of any tokenizer source without reading weights: an exported one from its own config,
+    a training workdir (or a path still to be trained) from `config`'s model."""
+    if is_exported_tokenizer(path):
+        return exported_model(path)
+    if config is None:
+        raise ValueError(
+            f"{os.fspath(path)!r} is not an exported tokenizer (titok_jax bundle or official hub directory); "
+            "name its experiment config (file.py[:variant]) to read it as a training workdir."
+        )
+    return titok_from_config(experiment_config(config).model)
+
+
+def restore_workdir(
+    workdir: str, config: ml_collections.ConfigDict | str, mesh: jax.sharding.Mesh | None = None, ema: bool = True
+) -> tuple[TiTok, restore.Restored]:
+    """(model in the config's layout, its params-only restore) of a tokenizer training workdir, on `mesh`
+    (default: config.mesh over every device)."""
+    config = experiment_config(config)
+    model = titok_from_config(config.model)
+    mesh = mesh or sh.make_mesh(**config.mesh)
+    images = jax.ShapeDtypeStruct((1, *model.image_shape), jnp.float32)
+    restored = restore.restore_params(
+        workdir, model, (images,), mesh, ema=ema, hint="train the tokenizer first (python -m titok_jax.main)."
+    )
+    return model, restored
 
 
 def load_model_and_variables(
@@ -63,11 +115,9 @@ def load_model_and_variables(
     if os.path.isdir(path) and bundle_lib.is_bundle(path):
         loaded = bundle_lib.load_bundle(path, kind="tokenizer")
         model = titok_from_config(loaded.model)
-        from titok_jax.tree_checks import check_tree_matches
-
         check_tree_matches(loaded.variables["params"], convert_titok.expected_params(model), f"Bundle {path!r}")
         return model, loaded.variables, loaded.metadata
-    if os.path.isdir(path) and convert_titok.is_hub_directory(path) and config is None:
+    if os.path.isdir(path) and convert_titok.is_hub_directory(path) and not _names_weights_config(config):
         model, variables = convert_titok.load_hub_tokenizer(path)
         return model, variables, {"source": path}
     if os.path.isfile(path):
@@ -80,6 +130,17 @@ def load_model_and_variables(
         model = titok_from_config(convert_titok.fields_from_hub_config(convert_titok.read_config_file(config), config))
         variables = convert_titok.params_from_state_dict(model, tl.read_state_dict(path), repr(path))
         return model, variables, {"source": path}
+    if is_training_workdir(path):
+        if config is None:
+            raise ValueError(
+                f"{path!r} is a training workdir; pass config= its experiment config (file.py[:variant]), or "
+                "export it first (python -m titok_jax.export)."
+            )
+        experiment = experiment_config(config)
+        model, restored = restore_workdir(path, experiment)
+        variables = {"params": layer_stack.unstack_blocks(sh.to_host(restored.variables["params"]))}
+        metadata = {"source": path, "step": restored.step, "variant": experiment.get("variant", "")}
+        return model.clone(scan_layers=False), variables, metadata
     if not os.path.exists(path):
         raise FileNotFoundError(f"No tokenizer at {path!r}.")
     raise ValueError(
@@ -89,23 +150,49 @@ def load_model_and_variables(
     )
 
 
-class Tokenizer:
-    """A frozen TiTok with its weights, replicated over the local devices."""
+def _names_weights_config(config: Any) -> bool:
+    """Whether `config` is a weights file's config (config.json / official .yaml), not an experiment config."""
+    return isinstance(config, str | os.PathLike) and os.fspath(config).endswith((".json", ".yaml", ".yml"))
 
-    def __init__(self, model: TiTok, variables: Any, source: str = "") -> None:
+
+class Tokenizer:
+    """A frozen TiTok with its weights, replicated over this process's devices (a data-parallel mesh)."""
+
+    def __init__(self, model: TiTok, variables: Any, source: str = "", metadata: dict[str, Any] | None = None) -> None:
         self.model = model
         self.source = source
-        self.mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("batch",))
-        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self.variables = jax.device_put(jax.tree.map(jnp.asarray, variables), replicated)
-        self._batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("batch"))
+        self.metadata = dict(metadata or {})
+        self.mesh = sh.make_mesh(devices=jax.local_devices())
+        self.variables = jax.device_put(jax.tree.map(jnp.asarray, variables), sh.replicated(self.mesh))
 
     # ---- loading ------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike, config: str | os.PathLike | None = None) -> Tokenizer:
-        """From a bundle directory, an official hub directory, or a weights file + `config`."""
-        model, variables, _ = load_model_and_variables(path, config)
-        return cls(model, variables, source=os.fspath(path))
+    def load(cls, path: str | os.PathLike, config: Any = None) -> Tokenizer:
+        """From a training workdir + its experiment config (ConfigDict or `file.py[:arg]`), a bundle directory,
+        an official hub directory, or a weights file + `config` (config.json / official infer .yaml)."""
+        model, variables, metadata = load_model_and_variables(path, config)
+        return cls(model, variables, source=os.fspath(path), metadata=metadata)
+
+    def identity(self) -> dict[str, Any]:
+        """What names this tokenizer in token shards: source, checkpoint step, variant, sizes, codebook hash."""
+        identity = {
+            "tokenizer_workdir": os.path.abspath(self.source) if self.source else "",
+            "checkpoint_step": int(self.metadata.get("step", 0)),
+            "variant": self.metadata.get("variant", ""),
+            "num_tokens": int(self.model.num_latent_tokens),
+            "codebook_size": int(self.model.codebook_size),
+        }
+        if self.model.quantize_mode == "vq":
+            codebook = np.asarray(jax.device_get(self.variables["params"]["quantize"]["codebook"]), np.float32)
+            identity["codebook_sha256"] = hashlib.sha256(codebook.tobytes()).hexdigest()
+        return identity
+
+    def host_variables(self) -> Any:
+        return sh.to_host(self.variables)
+
+    def __repr__(self) -> str:
+        kind = f"VQ {self.model.codebook_size} codes" if self.model.quantize_mode == "vq" else "VAE"
+        return f"Tokenizer({self.source!r}: {self.image_size} px -> {self.num_tokens} tokens, {kind})"
 
     # ---- properties -----------------------------------------------------------------
     @property
@@ -123,14 +210,10 @@ class Tokenizer:
     # ---- encode / decode ------------------------------------------------------------
     def _sharded(self, batch: np.ndarray) -> tuple[jax.Array, int]:
         """Pads the batch to a multiple of the local devices and shards it; returns (array, real size)."""
-        size = batch.shape[0]
-        if size == 0:
+        if batch.shape[0] == 0:
             raise ValueError("Got an empty batch.")
-        devices = self.mesh.devices.size
-        padded = -(-size // devices) * devices
-        if padded != size:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], padded - size, axis=0)])
-        return jax.device_put(batch, self._batch_sharding), size
+        batch, size = sh.pad_batch(batch, self.mesh.devices.size, fill="repeat")
+        return jax.device_put(batch, sh.batch_sharding(self.mesh, batch.ndim)), size
 
     def _images(self, images: Any) -> np.ndarray:
         images = np.asarray(images)
@@ -158,7 +241,7 @@ class Tokenizer:
     def encode(self, images: Any) -> np.ndarray:
         """(B, H, W, 3) uint8 or float [0, 1] images -> int32 tokens (B, K) (VQ) or latents (B, K, C) (VAE)."""
         batch, size = self._sharded(self._images(images))
-        return np.asarray(_encode(self.model, self.variables, batch))[:size]
+        return np.asarray(encode(self.model, self.variables, batch))[:size]
 
     def decode(self, tokens: Any) -> np.ndarray:
         """Tokens from `encode` -> float32 images (B, H, W, 3) clipped to [0, 1]."""
@@ -187,12 +270,29 @@ class Tokenizer:
                 raise ValueError(f"Expected VAE latents (batch, {expected[0]}, {expected[1]}); got {tokens.shape}.")
             tokens = tokens.astype(np.float32)
         batch, size = self._sharded(tokens)
-        return np.asarray(_decode(self.model, self.variables, batch))[:size]
+        return np.asarray(decode(self.model, self.variables, batch))[:size]
 
     def reconstruct(self, images: Any) -> np.ndarray:
         return self.decode(self.encode(images))
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float [0, 1] images -> uint8, rounded (the evaluation protocol's /255 rounding)."""
-    return np.round(np.clip(np.asarray(images, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+def unscanned_params(tokenizer: Tokenizer) -> Any:
+    """The params on the host in the interchange layout: exports never hold stacked (scanned) ViT blocks."""
+    return layer_stack.unstack_blocks(tokenizer.host_variables()["params"])
+
+
+def save_bundle(
+    tokenizer: Tokenizer,
+    output: str,
+    dtype: str = "float32",
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> str:
+    """A titok_jax tokenizer bundle (fields + weights in the unscanned interchange layout)."""
+    variables = {"params": unscanned_params(tokenizer)}
+    model = tokenizer.model.clone(scan_layers=False)
+    return bundle_lib.save_bundle(
+        output, "tokenizer", convert_titok.model_fields(model), variables, params_dtype=dtype,
+        metadata={**tokenizer.metadata, **(metadata or {})}, overwrite=overwrite,
+    )  # fmt: skip

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from titok_jax.convert import torch_layout as tl
+from titok_jax.files import atomic_write
 
 BUNDLE_FILE = "titok_jax_bundle.json"
 PARAMS_FILE = "params.safetensors"
@@ -66,11 +67,7 @@ def save_bundle(
     directory = os.fspath(directory)
     if kind not in KINDS:
         raise ValueError(f"Bundle kind must be one of {KINDS}, got {kind!r}.")
-    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
-        raise FileExistsError(
-            f"Output directory {directory!r} is not empty; choose a new directory or pass overwrite "
-            "(--overwrite) to replace the bundle files in it."
-        )
+    check_output(directory, overwrite)
     dtype = _storage_dtype(params_dtype)
     flat = {key: np.asarray(value).astype(dtype) for key, value in tl.flatten(variables["params"]).items()}
     header = {
@@ -84,11 +81,21 @@ def save_bundle(
     json.dumps(header)  # fail on a non-JSON field before writing anything
     os.makedirs(directory, exist_ok=True)
     tl.save_safetensors(flat, os.path.join(directory, PARAMS_FILE), metadata={"format": FORMAT})
-    tmp = os.path.join(directory, f"{BUNDLE_FILE}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with atomic_write(os.path.join(directory, BUNDLE_FILE), "w") as f:
         json.dump(header, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(directory, BUNDLE_FILE))
     return directory
+
+
+def check_output(directory: str | os.PathLike, overwrite: bool) -> None:
+    """Refuses a non-empty output directory unless `overwrite` (nothing already there is lost by accident)."""
+    directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise FileExistsError(f"Output {directory!r} is a file; choose a directory.")
+    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
+        raise FileExistsError(
+            f"Output directory {directory!r} is not empty; choose a new directory or pass overwrite "
+            "(--overwrite) to replace the bundle files in it."
+        )
 
 
 def read_header(directory: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import ml_collections
 
 from titok_jax.convert.vqgan import load_vqgan_variables
 from titok_jax.models.vqgan import VQGAN
-from titok_jax.tree_checks import check_tree_matches
+from titok_jax.trees import check_tree_matches
 
 VQGAN_FIELDS = ("filters", "channel_multipliers", "num_res_blocks", "embedding_dim", "codebook_size")
 

@@ -1,0 +1,259 @@
+"""The inference API of a trained MaskGIT generator: class ids -> tokens -> images.
+
+  gen = Generator.load("/tmp/titok_tiny_generator", config="experiments/maskgit_generator.py:tiny")
+  gen = Generator.load("exported_generator/")                      # a generator bundle (its tokenizer inside)
+  gen = Generator.load("generator_titok_l32_imagenet/", tokenizer="tokenizer_titok_l32_imagenet/")  # official
+  images, tokens = gen.generate(class_ids, seed=0)                  # uint8 (N, H, W, 3), int32 (N, K)
+
+`load` accepts a training workdir plus its experiment config (EMA params, read params-only; the
+tokenizer named by config.tokenizer), a titok_jax generator bundle (`python -m titok_jax.export` of a
+generator workdir: `tokenizer/` inside holds its tokenizer bundle), or an official generator hub
+directory / weights file + config (then `tokenizer=` names the tokenizer). `sample_tokens` is the one
+sampling path: the training loop's sample grid uses it too, so the same params, classes and key give
+the same tokens everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from titok_jax import sharding as sh
+from titok_jax.convert import generator as convert_generator
+from titok_jax.inference import bundle as bundle_lib
+from titok_jax.inference import restore
+from titok_jax.inference import tokenizer as tokenizer_lib
+from titok_jax.inference.tokenizer import Tokenizer
+from titok_jax.models.maskgit import MaskGITBert, MaskGITUViT, maskgit_fields, maskgit_from_config
+from titok_jax.models.titok import TiTok
+from titok_jax.sampling import SamplingSettings
+from titok_jax.trees import check_tree_matches
+
+TOKENIZER_DIR = "tokenizer"  # a generator bundle's own tokenizer bundle
+GeneratorModel = MaskGITBert | MaskGITUViT
+
+
+def sample_tokens(
+    model: GeneratorModel, settings: SamplingSettings, variables: Any, class_ids: jax.Array, rng: jax.Array
+) -> jax.Array:
+    """Token ids (B, K) for class_ids (B,): MaskGIT parallel decoding with guidance (traceable)."""
+
+    def logits_fn(ids, classes):
+        return model.apply(variables, ids, classes)
+
+    return settings.sample(
+        logits_fn,
+        class_ids,
+        rng,
+        num_tokens=model.num_tokens,
+        codebook_size=model.codebook_size,
+        null_class=model.num_classes,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings", "tokenizer"))
+def generate_batch(
+    model: GeneratorModel,
+    settings: SamplingSettings,
+    tokenizer: TiTok,
+    variables: Any,
+    tokenizer_variables: Any,
+    class_ids: jax.Array,
+    rng: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """class_ids (B,) -> (uint8 images (B, H, W, 3), token ids (B, K)) in one program."""
+    ids = sample_tokens(model, settings, variables, class_ids, rng)
+    images = tokenizer_lib.decode(tokenizer, tokenizer_variables, ids)
+    return jnp.round(images * 255).astype(jnp.uint8), ids
+
+
+def balanced_class_ids(num_images: int, num_classes: int) -> np.ndarray:
+    """Image i gets class i * num_classes // num_images: equal counts when num_classes divides num_images."""
+    return (np.arange(num_images, dtype=np.int64) * num_classes // num_images).astype(np.int32)
+
+
+def abstract_variables(model: GeneratorModel) -> Any:
+    """The boxed abstract variables of a generator (logical axes included; nothing initialised)."""
+    ids = jax.ShapeDtypeStruct((1, model.num_tokens), jnp.int32)
+    labels = jax.ShapeDtypeStruct((1,), jnp.int32)
+    return jax.eval_shape(lambda i, c: model.init(jax.random.PRNGKey(0), i, c), ids, labels)
+
+
+class Generator:
+    """A frozen class-conditional generator, its sampler settings and its tokenizer (for pixels)."""
+
+    def __init__(
+        self,
+        model: GeneratorModel,
+        variables: Any,
+        tokenizer: Tokenizer,
+        settings: SamplingSettings,
+        source: str = "",
+        metadata: dict[str, Any] | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+    ) -> None:
+        if tokenizer.model.quantize_mode != "vq" or tokenizer.model.codebook_size != model.codebook_size:
+            raise ValueError(
+                f"Generator {source!r} models {model.codebook_size} codes x {model.num_tokens} tokens, but tokenizer "
+                f"{tokenizer.source!r} has {tokenizer.codebook_size} codes: pass the tokenizer it was trained on."
+            )
+        if tokenizer.num_tokens != model.num_tokens:
+            raise ValueError(
+                f"Generator {source!r} models {model.num_tokens} tokens, tokenizer {tokenizer.source!r} makes "
+                f"{tokenizer.num_tokens}: pass the tokenizer it was trained on."
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.source = source
+        self.metadata = dict(metadata or {})
+        self.mesh = mesh or sh.make_mesh()
+        shardings = sh.logical_shardings(abstract_variables(model), self.mesh)
+        self.variables = jax.device_put(variables, shardings)
+        self._tokenizer_variables = jax.device_put(tokenizer.host_variables(), sh.replicated(self.mesh))
+
+    # ---- loading ------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        config: ml_collections.ConfigDict | str | None = None,
+        tokenizer: Tokenizer | str | None = None,
+        settings: SamplingSettings | None = None,
+    ) -> Generator:
+        """From a training workdir + its experiment config, a generator bundle, or an official generator
+        hub directory (or weights file + `config` yaml/json) with `tokenizer`. `tokenizer` (a Tokenizer or any
+        path Tokenizer.load takes) replaces the one the source names; `settings` replaces its sampler's."""
+        path = os.fspath(path)
+        if tokenizer_lib.is_training_workdir(path):
+            return cls._from_workdir(path, config, tokenizer, settings)
+        if bundle_lib.is_bundle(path):
+            return cls._from_bundle(path, tokenizer, settings)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No generator at {path!r}.")
+        if tokenizer is None:
+            raise ValueError(
+                f"{path!r} is an official generator checkpoint; pass tokenizer= the tokenizer it models "
+                "(an official hub directory, a bundle, or a training workdir with its config)."
+            )
+        model, variables, fields, sampling = convert_generator.load_official_generator(
+            path, config if isinstance(config, (str, os.PathLike)) else None
+        )
+        return cls(
+            model, variables, _tokenizer(tokenizer), settings or SamplingSettings.from_config(sampling),
+            source=path, metadata={"source": path, "fields": fields, "sampling": sampling},
+        )  # fmt: skip
+
+    @classmethod
+    def _from_workdir(cls, path: str, config: Any, tokenizer: Any, settings: SamplingSettings | None) -> Generator:
+        if config is None:
+            raise ValueError(
+                f"{path!r} is a training workdir; pass config= its experiment config (file.py[:variant]), or export "
+                "it first (python -m titok_jax.export)."
+            )
+        config = tokenizer_lib.experiment_config(config)
+        model = maskgit_from_config(config.model)
+        mesh = sh.make_mesh(**config.mesh)
+        ids = jax.ShapeDtypeStruct((1, model.num_tokens), jnp.int32)
+        labels = jax.ShapeDtypeStruct((1,), jnp.int32)
+        restored = restore.restore_params(
+            path, model, (ids, labels), mesh, hint="train the generator first (python -m titok_jax.main)."
+        )
+        if tokenizer is None:
+            tokenizer = Tokenizer.load(config.tokenizer.workdir, config=_tokenizer_config(config.tokenizer))
+        metadata = {"source": path, "step": restored.step, "variant": config.get("variant", "")}
+        return cls(
+            model, restored.variables, _tokenizer(tokenizer),
+            settings or SamplingSettings.from_config(config.sampling), source=path, metadata=metadata, mesh=mesh,
+        )  # fmt: skip
+
+    @classmethod
+    def _from_bundle(cls, path: str, tokenizer: Any, settings: SamplingSettings | None) -> Generator:
+        loaded = bundle_lib.load_bundle(path, kind="generator")
+        model = maskgit_from_config(loaded.model)
+        check_tree_matches(loaded.variables["params"], nn.meta.unbox(abstract_variables(model))["params"], path)
+        if tokenizer is None:
+            own = os.path.join(path, TOKENIZER_DIR)
+            if not bundle_lib.is_bundle(own):
+                raise ValueError(
+                    f"Generator bundle {path!r} holds no tokenizer ({TOKENIZER_DIR}/); pass tokenizer= the one it "
+                    "models."
+                )
+            tokenizer = own
+        sampling = loaded.metadata.get("sampling", {})
+        return cls(
+            model, loaded.variables, _tokenizer(tokenizer), settings or SamplingSettings.from_config(sampling),
+            source=path, metadata=loaded.metadata,
+        )  # fmt: skip
+
+    # ---- properties -----------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    def __repr__(self) -> str:
+        return (
+            f"Generator({self.source!r}: {type(self.model).__name__}, {self.num_classes} classes, "
+            f"{self.model.num_tokens} tokens over {self.model.codebook_size} codes, {self.settings.num_steps} steps)"
+        )
+
+    # ---- sampling -------------------------------------------------------------------
+    def generate(self, class_ids: Any, seed: int = 0, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """class ids (N,) -> (uint8 images (N, H, W, 3), int32 tokens (N, K)). Batch i of `batch_size` (rounded
+        up to whole shards) uses the key fold_in(PRNGKey(seed), i): the same seed gives the same images."""
+        class_ids = np.asarray(class_ids, np.int32).reshape(-1)
+        if class_ids.size == 0:
+            raise ValueError("Got no class ids.")
+        if class_ids.min() < 0 or class_ids.max() >= self.num_classes:
+            raise ValueError(
+                f"Class ids must lie in [0, {self.num_classes}); got [{class_ids.min()}, {class_ids.max()}]."
+            )
+        batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+        key = jax.random.PRNGKey(seed)
+        sharding = sh.batch_sharding(self.mesh, 1)
+        images, tokens = [], []
+        with jax.set_mesh(self.mesh):
+            for index, start in enumerate(range(0, len(class_ids), batch_size)):
+                ids = class_ids[start : start + batch_size]
+                padded, size = sh.pad_batch(ids, batch_size)
+                global_ids = jax.make_array_from_process_local_data(sharding, sh.process_local(padded))
+                outputs = generate_batch(
+                    self.model, self.settings, self.tokenizer.model, self.variables, self._tokenizer_variables,
+                    global_ids, jax.random.fold_in(key, index),
+                )  # fmt: skip
+                batch_images, batch_tokens = (
+                    np.asarray(x)[:size] for x in multihost_utils.process_allgather(outputs, tiled=True)
+                )
+                images.append(batch_images)
+                tokens.append(batch_tokens.astype(np.int32))
+        return np.concatenate(images), np.concatenate(tokens)
+
+    def save_bundle(self, output: str, dtype: str = "float32", overwrite: bool = False) -> str:
+        """A generator bundle (fields, EMA weights, sampler settings) with its tokenizer's bundle inside."""
+        bundle_lib.check_output(output, overwrite)
+        # The tokenizer first: the generator's header, written last, marks a complete bundle.
+        tokenizer_lib.save_bundle(self.tokenizer, os.path.join(output, TOKENIZER_DIR), dtype=dtype, overwrite=True)
+        metadata = {**self.metadata, "sampling": dataclasses.asdict(self.settings)}
+        bundle_lib.save_bundle(
+            output, "generator", maskgit_fields(self.model), sh.to_host(self.variables), params_dtype=dtype,
+            metadata=metadata, overwrite=True,
+        )  # fmt: skip
+        return output
+
+
+def _tokenizer(tokenizer: Tokenizer | str) -> Tokenizer:
+    return tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
+
+
+def _tokenizer_config(tokenizer: ml_collections.ConfigDict) -> str | None:
+    """A generator config's tokenizer.config, unless tokenizer.workdir is exported (it carries its own)."""
+    return None if tokenizer_lib.is_exported_tokenizer(tokenizer.workdir) else tokenizer.config

@@ -1,0 +1,287 @@
+"""The MaskGIT recipe (config.recipe "maskgit"; "generator" is its deprecated name): class-conditional
+masked-token modelling over a frozen TiTok's codes.
+
+Runs on the shared driver loop and `train.step.train_step` (no GAN, no codebook
+statistics). A step masks round(K * arccos(t) / (pi / 2)) tokens per example,
+drops the class (-> null) with probability `class_dropout`, and trains on the
+label-smoothed masked-token loss. Batches carry `tokens` (pretokenized shards) or
+`image` (tokenized on the fly by the frozen tokenizer in `frozen["tokenizer"]`).
+Evaluation samples a fixed class grid with the EMA params and decodes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Hashable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from titok_jax import configs, optim
+from titok_jax import sharding as sh
+from titok_jax.data import pipeline
+from titok_jax.data import tokens as token_data
+from titok_jax.inference import generator as generator_lib
+from titok_jax.inference import tokenizer as tokenizer_lib
+from titok_jax.inference.tokenizer import Tokenizer
+from titok_jax.models.maskgit import MaskGITBert, MaskGITUViT, maskgit_from_config
+from titok_jax.models.titok import TiTok, titok_from_config
+from titok_jax.sampling import SamplingSettings
+from titok_jax.train import masking
+from titok_jax.train.loop import Plan
+from titok_jax.train.state import TrainState
+
+ARTIFACT = "generator"
+
+# The sample grid written every sample_every steps: up to this many classes x this many samples.
+GRID_CLASSES = 8
+GRID_SAMPLES_PER_CLASS = 8
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MaskGITRecipe:
+    grid_name: ClassVar[str] = "samples"
+    phases: ClassVar[tuple[Hashable, ...]] = (False,)
+    model: MaskGITBert | MaskGITUViT
+    tokenizer: TiTok
+    optimizer: optax.GradientTransformation
+    learning_rate: optax.Schedule
+    seed: int
+    sampling: SamplingSettings
+    grad_accum_steps: int = 1
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    class_dropout: float = 0.1
+    label_smoothing: float = 0.1
+    unmasked_weight: float = 0.1
+
+    # ---- state -----------------------------------------------------------------
+    def example_batch(self) -> dict[str, jax.Array]:
+        return {"tokens": jnp.zeros((1, self.model.num_tokens), jnp.int32), "label": jnp.zeros((1,), jnp.int32)}
+
+    def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> TrainState:
+        params = self.model.init(rng, batch["tokens"], batch["label"])
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.optimizer.init(params),
+            ema_params=jax.tree.map(jnp.copy, params),
+        )
+
+    def phase(self, step: int) -> bool:
+        return False
+
+    def step_context(self, state: TrainState, frozen: dict[str, Any], phase: Hashable) -> dict[str, Any]:
+        return frozen
+
+    def before_apply(self, state: TrainState, params: Any, metrics: dict[str, jax.Array]) -> tuple[Any, Any, Any]:
+        return state, params, metrics
+
+    def extra_updates(self, state: TrainState, batch: dict[str, jax.Array], outputs: Any, phase: Hashable):
+        return state, {}
+
+    # ---- training --------------------------------------------------------------
+    def tokens_of(self, batch: dict[str, jax.Array], frozen: dict[str, Any]) -> jax.Array:
+        """The batch's codes: pretokenized, or the frozen tokenizer's encoding of its images."""
+        if "tokens" in batch:
+            return batch["tokens"]
+        return jax.lax.stop_gradient(tokenizer_lib.encode(self.tokenizer, frozen["tokenizer"], batch["image"]))
+
+    def loss(
+        self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, context: dict[str, Any]
+    ) -> tuple[jax.Array, tuple[dict[str, jax.Array], None]]:
+        """Masked-token loss of one (micro-)batch -> (loss, (metrics, None))."""
+        tokens = self.tokens_of(batch, context)
+        mask_key, drop_key, dropout_key = jax.random.split(rng, 3)
+        inputs, masked = masking.mask_tokens(mask_key, tokens, mask_id=self.model.codebook_size)
+        dropped = jax.random.bernoulli(drop_key, self.class_dropout, batch["label"].shape)
+        class_ids = jnp.where(dropped, self.model.num_classes, batch["label"])
+        logits = self.model.apply(params, inputs, class_ids, deterministic=False, rngs={"dropout": dropout_key})
+        loss, metrics = masking.masked_token_loss(logits, tokens, masked, self.label_smoothing, self.unmasked_weight)
+        metrics["masked_fraction"] = jnp.mean(masked.astype(jnp.float32))
+        return loss, (metrics, None)
+
+    # ---- sampling --------------------------------------------------------------
+    def sample(self, params: Any, class_ids: jax.Array, rng: jax.Array) -> jax.Array:
+        """Token ids (B, K) for class_ids (B,) (traceable): the inference Generator's own sampler."""
+        return generator_lib.sample_tokens(self.model, self.sampling, params, class_ids, rng)
+
+    def decode(self, tokenizer_params: Any, ids: jax.Array) -> jax.Array:
+        """Token ids -> images in [0, 1]."""
+        return tokenizer_lib.decode(self.tokenizer, tokenizer_params, ids)
+
+    def evaluate(
+        self, state: TrainState, eval_batch: dict[str, jax.Array], frozen: dict[str, Any]
+    ) -> tuple[dict[str, jax.Array], jax.Array]:
+        """EMA samples of the class grid in `eval_batch["label"]` -> ({}, rows (classes, per class, H, W, 3)).
+
+        The sampling key is fixed, so successive grids differ only by what the model learned.
+        """
+        ids = self.sample(state.ema_params, eval_batch["label"], jax.random.PRNGKey(self.seed))
+        images = self.decode(frozen["tokenizer"], ids)
+        shown = GRID_CLASSES * GRID_SAMPLES_PER_CLASS
+        rows = images[:shown].reshape(GRID_CLASSES, GRID_SAMPLES_PER_CLASS, *images.shape[1:])
+        return {}, rows
+
+
+def grid_class_ids(num_classes: int, num_devices: int) -> np.ndarray:
+    """Class ids of the sample grid: GRID_CLASSES evenly spaced classes (repeating when fewer exist) x
+    GRID_SAMPLES_PER_CLASS, padded with class 0 to a multiple of the device count (sharded batch)."""
+    classes = np.linspace(0, num_classes - 1, GRID_CLASSES).round().astype(np.int32)
+    ids = np.repeat(classes, GRID_SAMPLES_PER_CLASS)
+    padded = -(-len(ids) // num_devices) * num_devices
+    return np.concatenate([ids, np.zeros(padded - len(ids), np.int32)])
+
+
+def tokenizer_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The frozen tokenizer's experiment config (config.tokenizer.config is a `file.py[:arg]` spec)."""
+    return configs.load_config(config.tokenizer.config)
+
+
+def _tokenizer_source(config: ml_collections.ConfigDict) -> tuple[str, ml_collections.ConfigDict | None]:
+    """(tokenizer path, its experiment config or None when the path is an exported tokenizer)."""
+    workdir = config.tokenizer.workdir
+    if workdir and tokenizer_lib.is_exported_tokenizer(workdir):
+        return workdir, None
+    if not config.tokenizer.config:
+        raise ValueError(
+            "config.tokenizer.config must name the tokenizer's experiment config (file.py[:variant]), unless "
+            "config.tokenizer.workdir is an exported tokenizer (titok_jax bundle or official hub directory)."
+        )
+    return workdir, tokenizer_config(config)
+
+
+# ---- config -> recipe -------------------------------------------------------------------------------------
+def validate(config: ml_collections.ConfigDict) -> None:
+    """The generator's own checks: model and sampling fields, and that the tokenizer (and the token shards,
+    when given) produce the codes this generator models. Reads no weights."""
+    from titok_jax import recipes
+
+    model = maskgit_from_config(config.model)
+    SamplingSettings.from_config(config.sampling)
+    if not 0.0 <= config.losses.class_dropout < 1.0:
+        raise ValueError(f"losses.class_dropout must be in [0, 1), got {config.losses.class_dropout}.")
+    workdir, tok_config = _tokenizer_source(config)
+    if tok_config is not None:
+        recipes.validate(tok_config)
+    tok = tokenizer_lib.model_of(workdir, tok_config)
+    source = config.tokenizer.config or config.tokenizer.workdir
+    if tok.quantize_mode != "vq":
+        raise ValueError(f"The generator models discrete codes; tokenizer {source!r} is a VAE.")
+    for ours, theirs, what in (
+        (model.codebook_size, tok.codebook_size, "codebook_size"),
+        (model.num_tokens, tok.num_latent_tokens, "num_tokens (the tokenizer's num_latent_tokens)"),
+    ):
+        if ours != theirs:
+            raise ValueError(
+                f"Generator/tokenizer mismatch: config.model {what} = {ours} but the tokenizer "
+                f"{source!r} has {theirs}. Set config.model to match the tokenizer."
+            )
+    if config.data.source == "synthetic" and config.data.num_classes > model.num_classes:
+        raise ValueError(f"data.num_classes={config.data.num_classes} exceeds model.num_classes={model.num_classes}.")
+    if config.tokens_dir:
+        metadata = token_data.read_metadata(config.tokens_dir)
+        for key, ours in (("codebook_size", model.codebook_size), ("num_tokens", model.num_tokens)):
+            if metadata.get(key) != ours:
+                raise ValueError(
+                    f"The token shards in config.tokens_dir={config.tokens_dir!r} have {key}={metadata.get(key)} "
+                    f"but the generator expects {ours}: they were written by another tokenizer. Pretokenize with "
+                    "the generator's tokenizer, or point tokens_dir at its shards."
+                )
+    elif config.data.image_size != tok.image_size:
+        raise ValueError(
+            f"Tokenizing on the fly: data.image_size={config.data.image_size} differs from the tokenizer's "
+            f"image_size={tok.image_size}."
+        )
+
+
+def check_tokens_match(tokens_dir: str, identity: dict[str, Any]) -> dict[str, Any]:
+    """Refuses token shards that another tokenizer (or another checkpoint of it) wrote; returns their metadata."""
+    metadata = token_data.read_metadata(tokens_dir)
+    token_data.shard_paths(tokens_dir, metadata)
+    differing = [k for k in tokenizer_lib.IDENTITY_KEYS if metadata.get(k) != identity[k]]
+    if differing:
+        raise ValueError(
+            f"The token shards in config.tokens_dir={tokens_dir!r} were written by another tokenizer "
+            f"({metadata.get('tokenizer_workdir')!r} at step {metadata.get('checkpoint_step')}) than "
+            f"config.tokenizer ({identity['tokenizer_workdir']!r} at step {identity['checkpoint_step']}); they "
+            f"differ in {differing}. Pretokenize again with this tokenizer, or point config.tokenizer at the one "
+            "that wrote them: samples would be decoded by the wrong codebook."
+        )
+    return metadata
+
+
+def load_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
+    """The frozen tokenizer a generator config names (params-only from a workdir, or an exported one)."""
+    workdir, tok_config = _tokenizer_source(config)
+    if not workdir:
+        raise ValueError(
+            "The generator needs its tokenizer: set config.tokenizer.workdir to the tokenizer's training workdir "
+            "(and config.tokenizer.config to its experiment config)."
+        )
+    tokenizer = Tokenizer.load(os.path.abspath(workdir), config=tok_config)
+    if tokenizer.model.quantize_mode != "vq":
+        raise ValueError(f"A token generator needs a VQ tokenizer (discrete codes); {workdir!r} is a VAE.")
+    return tokenizer
+
+
+def build(config: ml_collections.ConfigDict, random_frozen: bool = False) -> tuple[MaskGITRecipe, dict[str, Any]]:
+    """-> (recipe, {"tokenizer": frozen EMA params}). Loads and checks the tokenizer and shards: call before
+    compiling. `random_frozen` draws the tokenizer's weights at random (benchmarks: only shapes matter)."""
+    model = maskgit_from_config(config.model)
+    if random_frozen:
+        tokenizer = titok_from_config(tokenizer_config(config).model)
+        images = jnp.zeros((1, *tokenizer.image_shape), jnp.float32)
+        import flax.linen as nn
+
+        params = {"params": nn.meta.unbox(jax.jit(tokenizer.init)(jax.random.PRNGKey(0), images))["params"]}
+        return _recipe(config, model, tokenizer), {"tokenizer": params}
+    tokenizer = load_tokenizer(config)
+    if config.tokens_dir:
+        check_tokens_match(config.tokens_dir, tokenizer.identity())
+    return _recipe(config, model, tokenizer.model), {"tokenizer": tokenizer.host_variables()}
+
+
+def _recipe(config: ml_collections.ConfigDict, model: Any, tokenizer: TiTok) -> MaskGITRecipe:
+    return MaskGITRecipe(
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optim.make_optimizer(config.optimizer, config.total_steps),
+        learning_rate=optim.learning_rate_schedule(config.optimizer, config.total_steps),
+        seed=config.seed,
+        sampling=SamplingSettings.from_config(config.sampling),
+        grad_accum_steps=config.grad_accum_steps,
+        ema_decay=config.ema.decay,
+        ema_warmup=config.ema.warmup,
+        class_dropout=config.losses.class_dropout,
+        label_smoothing=config.losses.label_smoothing,
+        unmasked_weight=config.losses.unmasked_weight,
+    )
+
+
+def make_data(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, np.ndarray]]:
+    """-> (this process's train iterator of token rows or images, its part of the sample grid's class ids)."""
+    if config.tokens_dir:
+        train_iter = token_data.make_token_train_iterator(
+            config.tokens_dir, config.batch_size, config.seed, config.model.num_classes, config.data
+        )
+    else:  # images, tokenized inside the step
+        train_iter = pipeline.make_train_iterator(config.data, config.batch_size, seed=config.seed)
+    class_ids = grid_class_ids(config.model.num_classes, jax.device_count())
+    return train_iter, {"label": sh.process_local(class_ids)}
+
+
+def prepare(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str) -> Plan:
+    """The loop's plan: recipe + frozen tokenizer, token (or image) data, the EMA sample grid."""
+    del workdir
+    recipe, frozen = build(config)
+    train_iter, grid_batch = make_data(config)
+    return Plan(
+        recipe=recipe, frozen=frozen, mesh=mesh, train_iter=train_iter, grid_batch=grid_batch,
+        grid_every=config.sample_every,
+    )  # fmt: skip
