@@ -7,10 +7,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from titok_jax import sharding as sh
 from titok_jax.configs import load_config
 from titok_jax.models.titok import TiTok, titok_from_config
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
 
 TWO_STAGE = str(EXPERIMENTS / "titok_two_stage.py")
 SINGLE_STAGE = str(EXPERIMENTS / "titok_single_stage.py")
@@ -39,3 +41,13 @@ def unused_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def init_sharded(init_fn, mesh, *args):
+    """Runs `init_fn(*args)` so its outputs are created in the shardings its logical axes give on `mesh`;
+    returns (unboxed values, shardings). (The library does this inside train.state.create_train_state.)"""
+    abstract = jax.eval_shape(init_fn, *args)
+    shardings = sh.logical_shardings(abstract, mesh)
+    with jax.set_mesh(mesh):
+        values = jax.jit(lambda *a: nn.meta.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+    return values, shardings

@@ -3,9 +3,9 @@
 import jax
 from helpers import GENERATOR, SINGLE_STAGE, TWO_STAGE
 
-from titok_jax import checkpoint, configs, sweeps
+from titok_jax import checkpoint, configs, recipes, sweeps
 from titok_jax import sharding as sh
-from titok_jax.train import build, loop
+from titok_jax.train.state import create_train_state
 
 
 def tiny_config(spec: str = "single_stage:tiny_vq", **overrides):
@@ -44,12 +44,34 @@ def write_tokenizer(config, workdir, step=2, edit=None):
     """A tokenizer workdir as training leaves it (a checkpoint at `step`), without compiling a train step.
 
     `edit(state) -> state` changes the state before it is saved (e.g. EMA weights unlike the raw ones)."""
-    recipe, _ = build.build_recipe(config)
+    recipe, _ = build_recipe(config)
     mesh = sh.make_mesh(**config.mesh)
-    _, init, _ = loop.create_train_state(recipe, config, mesh)
+    _, init, _ = create_train_state(recipe, config, mesh)
     manager = checkpoint.make_manager(workdir, save_every=1, keep=1)
     with jax.set_mesh(mesh):
         state = init()
         checkpoint.save(manager, step, edit(state) if edit else state, None, force=True)
     manager.wait_until_finished()
     manager.close()
+
+
+def build_recipe(config, random_frozen=False):
+    """(recipe, frozen weights) of a config, through its recipe module."""
+    return recipes.lookup(config).build(config, random_frozen=random_frozen)
+
+
+def restore_state(config, workdir, mesh=None):
+    """(recipe, full train state, step) of a workdir's newest checkpoint on `mesh` (default config.mesh),
+    restored the way training resumes (the optimizer state included): the reference the params-only readers
+    are checked against."""
+    recipe, _ = build_recipe(config, random_frozen=True)
+    mesh = mesh or sh.make_mesh(**config.mesh)
+    abstract, _, _ = create_train_state(recipe, config, mesh)
+    manager = checkpoint.make_manager(workdir, save_every=1, keep=1_000_000)
+    try:
+        step = manager.latest_step()
+        with jax.set_mesh(mesh):
+            state = checkpoint.restore(manager, abstract, data_iterator=None, step=step)
+    finally:
+        manager.close()
+    return recipe, state, step

@@ -15,12 +15,10 @@ devices; sampling settings come from config.sampling (override them as flags, e.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 from titok_jax import cli
-from titok_jax.inference.samples import write_samples
-from titok_jax.tasks.runs import load_generator
+from titok_jax.tasks.sample import sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +31,7 @@ class Options:
 
 
 def run(config, options: Options) -> dict[str, Any]:
-    generator = load_generator(config, options.workdir)
-    output = options.output or os.path.join(options.workdir, "samples", f"step_{generator.metadata['step']}")
-    return write_samples(generator, options.num_images, output, options.batch_size, options.seed)
+    return sample(config, options.workdir, options.num_images, options.output, options.batch_size, options.seed)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ class Generator:
         hub directory (or weights file + `config` yaml/json) with `tokenizer`. `tokenizer` (a Tokenizer or any
         path Tokenizer.load takes) replaces the one the source names; `settings` replaces its sampler's."""
         path = os.fspath(path)
-        if tokenizer_lib.is_training_workdir(path):
+        if tokenizer_lib.is_training_workdir(path) or isinstance(config, ml_collections.ConfigDict):
             return cls._from_workdir(path, config, tokenizer, settings)
         if bundle_lib.is_bundle(path):
             return cls._from_bundle(path, tokenizer, settings)
@@ -166,7 +166,7 @@ class Generator:
         ids = jax.ShapeDtypeStruct((1, model.num_tokens), jnp.int32)
         labels = jax.ShapeDtypeStruct((1,), jnp.int32)
         restored = restore.restore_params(
-            path, model, (ids, labels), mesh, hint="train the generator first (python -m titok_jax.main)."
+            path, model, (ids, labels), mesh, hint="it is not a generator workdir (train one with titok_jax.main)."
         )
         if tokenizer is None:
             tokenizer = Tokenizer.load(config.tokenizer.workdir, config=_tokenizer_config(config.tokenizer))

@@ -26,6 +26,7 @@ from absl import logging
 
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline, tokens, transforms
+from titok_jax.inference import tokenizer as tokenizer_lib
 from titok_jax.inference.tokenizer import IDENTITY_KEYS, Tokenizer
 
 METADATA = tokens.METADATA
@@ -92,9 +93,9 @@ def pretokenize(
         raise ValueError(f"Unknown augmentation {augmentation!r}; valid: {', '.join(AUGMENTATIONS)}.")
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    tokenizer = Tokenizer.load(tokenizer_dir, config=config)
-    if tokenizer.model.quantize_mode != "vq":
+    if tokenizer_lib.model_of(tokenizer_dir, config).quantize_mode != "vq":  # before reading any weights
         raise ValueError(f"A token generator needs a VQ tokenizer (discrete codes); {tokenizer_dir!r} is a VAE.")
+    tokenizer = Tokenizer.load(tokenizer_dir, config=config)
     identity = tokenizer.identity()
     source = pipeline.make_source(config.data, train=split == "train")
     num_shards = -(-len(source) // shard_size)
@@ -130,8 +131,8 @@ def pretokenize(
             codes = []  # encoded in fixed batches of batch_size (one compile)
             for begin in range(0, len(views), batch_size):
                 part = views[begin : begin + batch_size]
-                padded, size = sh.pad_batch(part, batch_size)
-                codes.append(tokenizer.encode(padded)[:size])
+                padded, real = sh.pad_batch(part, batch_size)
+                codes.append(tokenizer.encode(padded)[:real])
             codes = np.concatenate(codes).reshape(len(chunk), num_views, -1).astype(np.int32)
             records += [
                 {"tokens": codes[j], "label": int(record["label"]), "index": index}

@@ -130,7 +130,7 @@ def load_model_and_variables(
         model = titok_from_config(convert_titok.fields_from_hub_config(convert_titok.read_config_file(config), config))
         variables = convert_titok.params_from_state_dict(model, tl.read_state_dict(path), repr(path))
         return model, variables, {"source": path}
-    if is_training_workdir(path):
+    if is_training_workdir(path) or (os.path.isdir(path) and _names_experiment_config(config)):
         if config is None:
             raise ValueError(
                 f"{path!r} is a training workdir; pass config= its experiment config (file.py[:variant]), or "
@@ -142,7 +142,7 @@ def load_model_and_variables(
         metadata = {"source": path, "step": restored.step, "variant": experiment.get("variant", "")}
         return model.clone(scan_layers=False), variables, metadata
     if not os.path.exists(path):
-        raise FileNotFoundError(f"No tokenizer at {path!r}.")
+        raise FileNotFoundError(f"No tokenizer at {path!r}: it does not exist.")
     raise ValueError(
         f"{path!r} is neither a titok_jax bundle (titok_jax_bundle.json) nor an official tokenizer directory "
         "(config.json + model.safetensors). Export a training workdir with `python -m titok_jax.export "
@@ -153,6 +153,10 @@ def load_model_and_variables(
 def _names_weights_config(config: Any) -> bool:
     """Whether `config` is a weights file's config (config.json / official .yaml), not an experiment config."""
     return isinstance(config, str | os.PathLike) and os.fspath(config).endswith((".json", ".yaml", ".yml"))
+
+
+def _names_experiment_config(config: Any) -> bool:
+    return isinstance(config, ml_collections.ConfigDict) or (isinstance(config, str) and ".py" in config)
 
 
 class Tokenizer:

@@ -4,13 +4,14 @@ import os
 import subprocess
 import sys
 
+import helpers
 import pytest
 from helpers import SINGLE_STAGE
 
 from launch import common, local, slurm, tpu_vm
 from titok_jax import recipes, sweeps
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(helpers.REPO)
 ARGS = ["--config=experiments/titok_two_stage.py:l32", "--workdir=gs://bucket/l32 stage1"]
 
 

@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 from helpers import RNGS, abstract_params, count_params
 from jax.sharding import PartitionSpec as P
-from train_helpers import tiny_config, write_tokenizer
+from train_helpers import build_recipe, restore_state, tiny_config, write_tokenizer
 
-from titok_jax import bundle, optim
+from titok_jax import Tokenizer, bundle, optim, recipes
 from titok_jax import sharding as sh
 from titok_jax.data import synthetic
-from titok_jax.export import export_tokenizer
+from titok_jax.inference import tokenizer as tokenizer_lib
 from titok_jax.models import layer_stack
 from titok_jax.models.titok import titok_from_config
-from titok_jax.tokenizer import Tokenizer
-from titok_jax.train import build, frozen_tokenizer, loop, stage2_init, teacher
+from titok_jax.recipes import teacher
+from titok_jax.recipes import tokenizer as tokenizer_recipe
+from titok_jax.tasks.export import export as export_tokenizer
+from titok_jax.train.state import create_train_state
 from titok_jax.trees import path_name
 
 # Encoder depth 3 against the decoder's 2: a depth axis taken from the wrong transformer cannot fit.
@@ -151,7 +153,7 @@ def test_param_count_and_the_layers_axis(models):
 
 def test_export_unstacks_and_reconstructs_like_the_scanned_model(scanned_run, images, tmp_path):
     config, workdir, _ = scanned_run
-    recipe, _, _, state, _ = loop.restore_for_inference(config, workdir, "")
+    recipe, state, _ = restore_state(config, workdir)
     ema = jax.device_get(state.ema_params)
     assert recipe.model.scan_layers and layer_stack.scanned_layout(ema) is True
 
@@ -168,24 +170,26 @@ def test_export_unstacks_and_reconstructs_like_the_scanned_model(scanned_run, im
 
 def test_frozen_tokenizer_takes_its_configs_layout(scanned_run, images):
     config, workdir, _ = scanned_run
-    scanned_model, scanned_params, identity = frozen_tokenizer.load_tokenizer(config, workdir)
+    scanned_model, scanned = tokenizer_lib.restore_workdir(workdir, config)
+    scanned_params, identity = jax.device_get(scanned.variables), Tokenizer.load(workdir, config).identity()
     # The layout is read from the checkpoint: a config without scan_layers restores the run too.
-    plain_model, plain_params, plain_identity = frozen_tokenizer.load_tokenizer(tiny_config(**PLAIN), workdir)
+    plain_model, plain = tokenizer_lib.restore_workdir(workdir, tiny_config(**PLAIN))
+    plain_params, plain_identity = jax.device_get(plain.variables), Tokenizer.load(workdir, tiny_config(**PLAIN)).identity()
     assert scanned_model.scan_layers and not plain_model.scan_layers
     assert layer_stack.scanned_layout(scanned_params) is True
     chex.assert_trees_all_equal(layer_stack.unstack_blocks(scanned_params), plain_params)
     assert identity == plain_identity
     x = jnp.asarray(images, jnp.float32) / 255
     np.testing.assert_array_equal(
-        frozen_tokenizer.encode_indices(scanned_model, scanned_params, x),
-        frozen_tokenizer.encode_indices(plain_model, plain_params, x),
+        tokenizer_lib.encode(scanned_model, scanned_params, x),
+        tokenizer_lib.encode(plain_model, plain_params, x),
     )
 
 
 def test_resuming_with_the_other_layout_is_refused(scanned_run):
     workdir = scanned_run[1]
     with pytest.raises(ValueError, match=r"hold scanned ViT blocks.*resume with --config.model.scan_layers=True"):
-        loop.train(tiny_config(**PLAIN), workdir)
+        recipes.train(tiny_config(**PLAIN), workdir)
 
 
 def _zero_teacher(config, image_size, seed):
@@ -203,12 +207,12 @@ def test_stage2_starts_from_a_stage1_run_of_the_other_layout(tmp_path, monkeypat
     write_tokenizer(stage1_config, str(tmp_path / "stage1"), edit=lambda state: saved.append(state) or state)
     config = tiny_config("two_stage:tiny,stage=2", init_from=str(tmp_path / "stage1"))
     assert not config.model.scan_layers
-    recipe, _ = build.build_recipe(config)
+    recipe, _ = build_recipe(config)
     mesh = sh.make_mesh(**config.mesh)
     # init_from_stage1 replaces every param and only reads the shardings: an abstract state will do.
-    abstract, _, _ = loop.create_train_state(recipe, config, mesh)
+    abstract, _, _ = create_train_state(recipe, config, mesh)
     with jax.set_mesh(mesh):
-        state = stage2_init.init_from_stage1(abstract, config, mesh)
+        state = tokenizer_recipe.init_from_stage1(abstract, config, mesh)
     expected = layer_stack.unstack_blocks(jax.device_get(saved[0].ema_params["params"]))
     got = jax.device_get(state.params["params"])
     assert set(expected) < set(got)  # stage 2 adds the pixel decoder

@@ -25,19 +25,21 @@ import numpy as np
 import pytest
 from helpers import EXPERIMENTS, GENERATOR, SINGLE_STAGE
 from PIL import Image
+from train_helpers import build_recipe
 
-from titok_jax import configs
+from titok_jax import configs, recipes
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline
 from titok_jax.data import tokens as token_data
 from titok_jax.data.synthetic import nearest_template_labels
-from titok_jax.train import build, loop
+from titok_jax.train import loop
+from titok_jax.train.state import create_train_state
 
 
 def _init_mse(config, images):
-    recipe, frozen = build.build_recipe(config)
+    recipe, frozen = build_recipe(config)
     mesh = sh.make_mesh(**config.mesh)
-    _, init, _ = loop.create_train_state(recipe, config, mesh)
+    _, init, _ = create_train_state(recipe, config, mesh)
     with jax.set_mesh(mesh):
         scalars, _ = loop.evaluate(init(), {"image": jnp.asarray(images)}, frozen, recipe)
     return float(scalars["ema_reconstruction_mse"])
@@ -76,7 +78,7 @@ def _shape_accuracy(images, labels, num_classes):
 def test_readme_pipeline_learns(tmp_path):
     config = configs.load_config(f"{SINGLE_STAGE}:tiny_vq")  # the default of titok_jax.main
     assert config.data.synthetic_variation == "centered"
-    images = build.make_data(config)[1]["image"]
+    images = recipes.lookup(config).make_data(config)[1]["image"]
     mean_image_mse = float(np.mean(np.square(images - images.mean(axis=0, keepdims=True))))
     flat_colour_mse = float(np.mean(np.square(images - images.mean(axis=(1, 2), keepdims=True))))
     init_mse = _init_mse(config, images)

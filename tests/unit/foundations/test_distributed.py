@@ -6,13 +6,14 @@ import subprocess
 import sys
 import time
 
+import helpers
 import pytest
 from helpers import unused_port
 
 from titok_jax import distributed
 from titok_jax.distributed import DistributedOptions, DistributedSetupError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(helpers.REPO)
 
 
 @pytest.mark.parametrize(

@@ -13,20 +13,24 @@ import sys
 import time
 
 import chex
+import helpers
 import jax
 import numpy as np
 import pytest
 from helpers import unused_port
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
-from train_helpers import tiny_config
+from train_helpers import build_recipe, restore_state, tiny_config
 
 from launch import local
+from titok_jax import recipes
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline
-from titok_jax.train import build, loop
+from titok_jax.train import loop
+from titok_jax.train.state import create_train_state
+from titok_jax.train.step import make_step_fns
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(helpers.REPO)
 
 # Flags of the 2-process run; tiny_config applies the same values for the reference run.
 RUN = {
@@ -73,9 +77,9 @@ def reference_run(config, num_steps: int):
         for i in range(2)
     ]
     mesh = sh.make_mesh(data=1, fsdp=1, tensor=1, devices=jax.devices()[:1])
-    recipe, frozen = build.build_recipe(config)
-    _, init, shardings = loop.create_train_state(recipe, config, mesh)
-    step_fn = loop.make_step_fns(recipe, shardings)[False]
+    recipe, frozen = build_recipe(config)
+    _, init, shardings = create_train_state(recipe, config, mesh)
+    step_fn = make_step_fns(recipe, shardings)[False]
     losses = []
     with jax.set_mesh(mesh):
         state = init()
@@ -83,7 +87,7 @@ def reference_run(config, num_steps: int):
         for _ in range(num_steps):
             halves = [next(it) for it in iterators]
             batch = {k: np.concatenate([h[k] for h in halves]) for k in loop.BATCH_KEYS if k in halves[0]}
-            state, metrics = step_fn(state, loop._global_batch(batch, mesh), frozen)
+            state, metrics = step_fn(state, loop.global_batch(batch, mesh), frozen)
             losses.append(float(metrics["loss"]))
     return recipe, state, losses
 
@@ -113,7 +117,7 @@ def test_two_processes_train_resume_and_restore_on_another_mesh(tmp_path):
 
     # Restore in this one process on a 2 x 2 x 2 mesh (the run used 2 x 2 x 1 over 2 processes).
     mesh = sh.make_mesh(data=2, fsdp=2, tensor=2)
-    _, _, restored, step = loop.restore_newest(config, mesh, workdir)
+    _, restored, step = restore_state(config, workdir, mesh)
     assert step == 4
     assert restored.params["params"]["encoder"]["ln_pre"]["scale"].sharding.mesh.shape == mesh.shape
     chex.assert_trees_all_close(_without_codebook(restored.params), _without_codebook(reference.params), atol=2e-4)
@@ -125,7 +129,7 @@ def test_two_processes_train_resume_and_restore_on_another_mesh(tmp_path):
     config.total_steps = 6
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
     with pytest.raises(ValueError, match=r"data positions of a run of 2 process\(es\).*this run has 1"):
-        loop.train(config, workdir)
+        recipes.train(config, workdir)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # nothing written or lost
 
 

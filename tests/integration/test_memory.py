@@ -4,16 +4,18 @@ import os
 import subprocess
 import sys
 
+import helpers
 import jax
 import numpy as np
 import pytest
 from helpers import TWO_STAGE
 from train_helpers import tiny_config
 
-from titok_jax import configs, memory
+from titok_jax import configs
 from titok_jax import sharding as sh
+from titok_jax.tasks import memory
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = str(helpers.REPO)
 
 
 def test_fsdp_cuts_l32_state_per_device_by_at_least_6x():

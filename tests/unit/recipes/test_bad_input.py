@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from helpers import SINGLE_STAGE, TWO_STAGE, abstract_params, model_for
 
-from titok_jax import configs
+from titok_jax import configs, recipes
 from titok_jax.models.titok import titok_from_config
 
 
@@ -84,19 +84,19 @@ def test_model_field_errors():
 
 def test_config_validation():
     config = configs.load_config(f"{TWO_STAGE}:tiny,stage=2")
-    configs.validate_config(config)
+    recipes.validate(config)
     bad = config.copy_and_resolve_references()
     bad.teacher.channel_multipliers = (1, 2)
     with pytest.raises(ValueError, match=r"teacher VQGAN downsamples by 2 but model\.decoder_patch_size=4"):
-        configs.validate_config(bad)
+        recipes.validate(bad)
     bad = config.copy_and_resolve_references()
     bad.mesh.fsdp = 0
     with pytest.raises(ValueError, match=r"config.mesh.fsdp must be a positive int or -1"):
-        configs.validate_config(bad)
+        recipes.validate(bad)
     bad = config.copy_and_resolve_references()
     bad.model.pixel_decoder_filters = 64
     with pytest.raises(ValueError, match=r"pixel decoder fields .* must equal the teacher"):
-        configs.validate_config(bad)
+        recipes.validate(bad)
 
 
 @pytest.mark.parametrize(
@@ -108,4 +108,4 @@ def test_config_validation():
     ],
 )
 def test_every_shipped_config_validates(spec):
-    configs.validate_config(configs.load_config(spec))
+    recipes.validate(configs.load_config(spec))

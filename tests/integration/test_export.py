@@ -6,14 +6,13 @@ import os
 import jax
 import numpy as np
 import pytest
-from train_helpers import tiny_config, tiny_generator_config, write_tokenizer
+from train_helpers import build_recipe, restore_state, tiny_config, tiny_generator_config, write_tokenizer
 
-from titok_jax import bundle
+from titok_jax import Tokenizer, bundle, recipes
 from titok_jax.data import synthetic
-from titok_jax.export import export_tokenizer
-from titok_jax.tokenize import detokenize, tokenize_folder
-from titok_jax.tokenizer import Tokenizer, to_uint8
-from titok_jax.train.loop import restore_for_inference
+from titok_jax.images import to_uint8
+from titok_jax.inference.folders import detokenize, tokenize_folder
+from titok_jax.tasks.export import export as export_tokenizer
 
 
 def _ema_unlike_params(state):
@@ -36,7 +35,7 @@ def images():
 
 
 def _restored(config, workdir):
-    recipe, _, _, state, step = restore_for_inference(config, workdir, "")
+    recipe, state, step = restore_state(config, workdir)
     return recipe.model, jax.device_get(state.ema_params), jax.device_get(state.params), step
 
 
@@ -100,7 +99,9 @@ def test_export_refusals_write_nothing(trained, tmp_path):
         export_tokenizer(config, workdir, workdir)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         export_tokenizer(config, str(tmp_path / "nowhere"), str(tmp_path / "out1"))
-    with pytest.raises(ValueError, match="exports tokenizers"):
+    # Generators export too (tests/integration/test_generator_api.py); a generator config does not read a
+    # tokenizer's checkpoint.
+    with pytest.raises(ValueError, match="holds another model than the config describes"):
         export_tokenizer(tiny_generator_config(workdir), workdir, str(tmp_path / "out2"))
     with pytest.raises(ValueError, match="bfloat16 is for bundles"):
         export_tokenizer(config, workdir, str(tmp_path / "out3"), file_format="pytorch", dtype="bfloat16")
@@ -160,20 +161,17 @@ def test_tokenize_folder_and_back(trained, tmp_path, images):
 def test_generators_take_an_exported_tokenizer(trained, tmp_path):
     """config.tokenizer.workdir may be a bundle: its own config replaces config.tokenizer.config, and it
     is the same tokenizer (same identity, so the workdir's token shards stay valid)."""
-    from titok_jax import configs
-    from titok_jax.train.frozen_tokenizer import load_tokenizer
-    from titok_jax.train.generator import build_generator_recipe
 
     config, workdir = trained
     export_tokenizer(config, workdir, str(tmp_path / "bundle"))
     generator = tiny_generator_config(str(tmp_path / "bundle"))
     generator.tokenizer.config = ""
-    configs.validate_config(generator)
-    recipe, _ = build_generator_recipe(generator)
-    _, _, from_workdir = load_tokenizer(config, workdir)
-    _, _, from_bundle = load_tokenizer(None, str(tmp_path / "bundle"))
+    recipes.validate(generator)
+    recipe, _ = build_recipe(generator)
+    from_workdir = Tokenizer.load(workdir, config).identity()
+    from_bundle = Tokenizer.load(str(tmp_path / "bundle")).identity()
     assert from_bundle["codebook_sha256"] == from_workdir["codebook_sha256"]
     assert from_bundle["checkpoint_step"] == 3 and recipe.tokenizer.num_latent_tokens == generator.model.num_tokens
     generator.model.num_tokens += 1
     with pytest.raises(ValueError, match=r"num_tokens .* but the tokenizer '.*bundle' has"):
-        configs.validate_config(generator)
+        recipes.validate(generator)

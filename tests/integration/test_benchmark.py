@@ -5,7 +5,7 @@ import json
 import pytest
 from train_helpers import tiny_config
 
-from titok_jax import benchmark
+from titok_jax.tasks import benchmark
 
 
 def test_train_and_encode_records(tmp_path):

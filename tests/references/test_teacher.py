@@ -10,7 +10,7 @@ from maskgit_reference import encode_decode, maskgit_vqgan
 
 from titok_jax import configs
 from titok_jax.models.vqgan import VQGAN
-from titok_jax.train import teacher
+from titok_jax.recipes import teacher
 
 
 def _teacher_config(**overrides):

@@ -7,12 +7,13 @@ import numpy as np
 import optax
 from helpers import abstract_params, model_for
 
-from titok_jax import configs, losses, optim
-from titok_jax.train import recipes
+from titok_jax import losses, optim
+from titok_jax.recipes import defaults
+from titok_jax.recipes.tokenizer import PixelRecipe
 from titok_jax.train.accumulate import accumulate
 
 # The recipes' optimizer block with a short warmup.
-OPT = configs.base_config().optimizer
+OPT = defaults.base_config().optimizer
 OPT.warmup_steps = 10
 
 
@@ -84,7 +85,7 @@ def test_frozen_params_get_no_update_and_no_state():
 def test_accumulated_microbatches_equal_one_big_batch():
     """4 micro-batches of 2 give the same grads and metrics as one batch of 8 (tiny VQ model)."""
     model = model_for("titok_single_stage.py:tiny_vq")
-    recipe = recipes.PixelRecipe(
+    recipe = PixelRecipe(
         model=model,
         optimizer=optax.sgd(1.0),
         learning_rate=lambda s: 1.0,
@@ -97,7 +98,7 @@ def test_accumulated_microbatches_equal_one_big_batch():
     batch = {"image": images}
 
     def grad_fn(microbatch, key):
-        grads, (metrics, reconstructions) = jax.grad(recipe.generator_loss, has_aux=True)(
+        grads, (metrics, reconstructions) = jax.grad(recipe.loss, has_aux=True)(
             params, microbatch, key, {"step": 0}
         )
         return grads, metrics, reconstructions

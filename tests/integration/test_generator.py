@@ -9,12 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import SINGLE_STAGE
-from train_helpers import tiny_config, tiny_generator_config, write_tokenizer
+from train_helpers import build_recipe, tiny_config, tiny_generator_config, write_tokenizer
 
-from titok_jax import configs, evaluate, pretokenize, sample
+from titok_jax import Tokenizer, recipes
 from titok_jax.data import pipeline, tokens, transforms
 from titok_jax.evaluation import fid
-from titok_jax.train import build, frozen_tokenizer, loop
+from titok_jax.inference import pretokenize
+from titok_jax.inference import tokenizer as tokenizer_lib
+from titok_jax.tasks import evaluate, sample
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def test_token_batches_pick_views_and_resume(tokenizer):
 def test_trains_on_shards_then_samples_deterministically(tokenizer, tmp_path):
     config = tiny_generator_config(*tokenizer)
     workdir = str(tmp_path / "generator")
-    metrics = loop.train(config, workdir)  # 8 fake devices, data-parallel
+    metrics = recipes.train(config, workdir)  # 8 fake devices, data-parallel
     assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["masked_token_accuracy"] <= 1.0
     assert 0.0 < metrics["masked_fraction"] < 1.0
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "4"))
@@ -95,28 +97,28 @@ def test_balanced_classes_of_the_50k_protocol():
 def test_on_the_fly_tokens_equal_the_tokenizers_and_train(tokenizer, tmp_path):
     workdir, _ = tokenizer
     config = tiny_generator_config(workdir, total_steps=2)
-    recipe, frozen = build.build_recipe(config)
+    recipe, frozen = build_recipe(config)
     source = pipeline.make_source(config.data, train=True)
     decode, crop = transforms.DecodeImage(), transforms.ResizeCenterCrop(32)
     images = jnp.asarray(np.stack([crop.map(decode.map(source[i]))["image"] for i in range(8)]))
-    expected = frozen_tokenizer.encode_indices(recipe.tokenizer, frozen["tokenizer"], images)
+    expected = tokenizer_lib.encode(recipe.tokenizer, frozen["tokenizer"], images)
     np.testing.assert_array_equal(recipe.tokens_of({"image": images}, frozen), expected)
-    metrics = loop.train(config, str(tmp_path / "on_the_fly"))
+    metrics = recipes.train(config, str(tmp_path / "on_the_fly"))
     assert np.isfinite(metrics["loss"])
 
 
 def test_class_dropout_conditions_on_the_null_class(tokenizer):
     config = tiny_generator_config(*tokenizer)
     config.losses.class_dropout = 0.0
-    recipe, frozen = build.build_recipe(config)
+    recipe, frozen = build_recipe(config)
     params = recipe.init(jax.random.PRNGKey(0), recipe.example_batch()).params
     batch = {"tokens": jax.random.randint(jax.random.PRNGKey(1), (4, 16), 0, 256), "label": jnp.arange(4)}
     null_batch = {**batch, "label": jnp.full((4,), recipe.model.num_classes)}
     rng = jax.random.PRNGKey(2)
-    always_dropped = build.build_recipe(tiny_generator_config(*tokenizer, **{"losses.class_dropout": 0.999999}))[0]
-    loss_null, _ = recipe.generator_loss(params, null_batch, rng, frozen)
-    loss_dropped, _ = always_dropped.generator_loss(params, batch, rng, frozen)
-    loss_class, _ = recipe.generator_loss(params, batch, rng, frozen)
+    always_dropped = build_recipe(tiny_generator_config(*tokenizer, **{"losses.class_dropout": 0.999999}))[0]
+    loss_null, _ = recipe.loss(params, null_batch, rng, frozen)
+    loss_dropped, _ = always_dropped.loss(params, batch, rng, frozen)
+    loss_class, _ = recipe.loss(params, batch, rng, frozen)
     np.testing.assert_allclose(loss_dropped, loss_null, rtol=1e-6)
     assert abs(float(loss_class) - float(loss_null)) > 1e-6
 
@@ -124,11 +126,11 @@ def test_class_dropout_conditions_on_the_null_class(tokenizer):
 def test_refuses_mismatched_tokenizers_and_shards_before_training(tokenizer, tmp_path):
     workdir, tokens_dir = tokenizer
     with pytest.raises(ValueError, match=r"Generator/tokenizer mismatch.*codebook_size"):
-        configs.validate_config(tiny_generator_config(workdir, tokens_dir, **{"model.codebook_size": 512}))
+        recipes.validate(tiny_generator_config(workdir, tokens_dir, **{"model.codebook_size": 512}))
     with pytest.raises(ValueError, match=r"Generator/tokenizer mismatch.*num_tokens"):
-        configs.validate_config(tiny_generator_config(workdir, tokens_dir, **{"model.num_tokens": 32}))
+        recipes.validate(tiny_generator_config(workdir, tokens_dir, **{"model.num_tokens": 32}))
     with pytest.raises(ValueError, match="is a VAE"):
-        configs.validate_config(
+        recipes.validate(
             tiny_generator_config(workdir, tokens_dir, **{"tokenizer.config": f"{SINGLE_STAGE}:tiny_vae"})
         )
 
@@ -140,7 +142,7 @@ def test_refuses_mismatched_tokenizers_and_shards_before_training(tokenizer, tmp
     pretokenize.pretokenize(other_config, other_dir, other_tokens, shard_size=64, batch_size=16)
     generator_dir = tmp_path / "generator"
     with pytest.raises(ValueError, match=r"written by another tokenizer.*codebook_sha256"):
-        loop.train(tiny_generator_config(workdir, other_tokens), str(generator_dir))
+        recipes.train(tiny_generator_config(workdir, other_tokens), str(generator_dir))
     assert not generator_dir.exists()
 
     # Shards of a tokenizer with another codebook size: refused by the config check.
@@ -151,18 +153,18 @@ def test_refuses_mismatched_tokenizers_and_shards_before_training(tokenizer, tmp
     with open(os.path.join(resized, tokens.METADATA), "w") as f:
         json.dump({**metadata, "codebook_size": 1024}, f)
     with pytest.raises(ValueError, match="codebook_size=1024 but the generator expects 256"):
-        configs.validate_config(tiny_generator_config(workdir, resized))
+        recipes.validate(tiny_generator_config(workdir, resized))
 
     # An unfinished pretokenization, a folder that is not one, no tokenizer: each named with its fix.
     unfinished = str(tmp_path / "unfinished")
     shutil.copytree(tokens_dir, unfinished)
     os.remove(os.path.join(unfinished, pretokenize.shard_name(1, 2)))
     with pytest.raises(FileNotFoundError, match=r"unfinished.*Rerun"):
-        build.build_recipe(tiny_generator_config(workdir, unfinished))
+        build_recipe(tiny_generator_config(workdir, unfinished))
     with pytest.raises(FileNotFoundError, match="not a pretokenized directory"):
-        configs.validate_config(tiny_generator_config(workdir, str(tmp_path)))
+        recipes.validate(tiny_generator_config(workdir, str(tmp_path)))
     with pytest.raises(ValueError, match=r"config\.tokenizer\.workdir"):
-        build.build_recipe(tiny_generator_config(""))
+        build_recipe(tiny_generator_config(""))
     with pytest.raises(FileNotFoundError, match="not a generator workdir"):
         sample.sample(tiny_generator_config(workdir), str(tmp_path / "empty"), num_images=2)
 
@@ -196,7 +198,7 @@ def test_guided_samples_follow_their_class(tokenizer, tmp_path):
     generator's class-c samples reproduce c's pattern (and no other class's)."""
     workdir, _ = tokenizer
     tokenizer_config = tiny_config("single_stage:tiny_vq")
-    identity = frozen_tokenizer.load_tokenizer(tokenizer_config, workdir)[2]
+    identity = Tokenizer.load(workdir, tokenizer_config).identity()
     tokens_dir = str(tmp_path / "patterned")
     patterns = _class_patterned_tokens(tokens_dir, identity)
     config = tiny_generator_config(
@@ -210,7 +212,7 @@ def test_guided_samples_follow_their_class(tokenizer, tmp_path):
         **{"model.hidden_size": 64, "model.num_heads": 4, "model.intermediate_size": 128},
     )
     generator_dir = str(tmp_path / "generator")
-    metrics = loop.train(config, generator_dir)
+    metrics = recipes.train(config, generator_dir)
     sample.sample(config, generator_dir, num_images=80, output_dir=str(tmp_path / "samples"), batch_size=80)
     samples = np.load(tmp_path / "samples" / "samples.npz")
     matches = samples["tokens"][:, None, :] == patterns[None]  # (N, classes, K)

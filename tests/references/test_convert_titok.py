@@ -10,10 +10,10 @@ import torch
 from official_torch_reference import TOKENIZER_VARIANTS, OfficialTiTok, randomize_
 from safetensors.torch import save_file as save_torch_safetensors
 
+from titok_jax import Tokenizer
 from titok_jax.convert import titok as ct
 from titok_jax.convert import torch_layout as tl
 from titok_jax.models.titok import titok_from_config
-from titok_jax.tokenizer import Tokenizer
 
 # Tiny stand-ins of the three released forms (titok_jax's extension keys give the ViT and pixel-decoder sizes).
 _TINY_VIT = dict(

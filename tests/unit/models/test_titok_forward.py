@@ -123,7 +123,9 @@ def test_tiny_forward_pass(spec):
         tokens = info["mean"]
         np.testing.assert_array_equal(latents, info["mean"])
     from_tokens = jax.jit(lambda p, t: model.apply(p, t, method=model.decode_tokens))(params, tokens)
-    np.testing.assert_allclose(from_tokens, decoded, atol=1e-5)
+    # Separately jitted programs of O(1) pixels: XLA may reassociate sums differently (1.05e-5 seen on one
+    # CPU for the stage-2 decoder), so the tolerance leaves 10x headroom over that.
+    np.testing.assert_allclose(from_tokens, decoded, atol=1e-4)
 
     if model.with_pixel_decoder:
         # Stage 2 = softmax(proxy logits) @ pixel codebook -> VQGAN decoder.
@@ -131,7 +133,7 @@ def test_tiny_forward_pass(spec):
             logits = m.decoder(z)
             return m.pixel_decoder(jax.nn.softmax(logits, -1) @ m.pixel_quantize.codebook)
 
-        np.testing.assert_allclose(model.apply(params, latents, method=by_hand), decoded, atol=1e-5)
+        np.testing.assert_allclose(model.apply(params, latents, method=by_hand), decoded, atol=1e-4)
 
 
 def test_bf16_compute_keeps_fp32_params_and_tracks_fp32():

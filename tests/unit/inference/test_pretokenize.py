@@ -4,17 +4,13 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-from torchvision.transforms import v2
 from train_helpers import tiny_config, write_tokenizer
 
-from titok_jax import pretokenize
+from titok_jax import Tokenizer
 from titok_jax.data import pipeline, transforms
-from titok_jax.models.titok import TiTok
-from titok_jax.train import frozen_tokenizer
+from titok_jax.inference import pretokenize
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +49,13 @@ def test_tokens_match_the_tokenizer_and_shards_split_over_processes(tokenizer, t
         assert json.load(f)["codebook_sha256"] == metadata["codebook_sha256"]
 
     # The same tokens as encoding the center-cropped images directly with the EMA params, in the same
-    # batches of 8 (near-tied codes can flip with another batch shape).
-    model, params, _ = frozen_tokenizer.load_tokenizer(config, workdir)
+    # batches of 8 (near-tied codes can flip with another batch shape), through the one encode path.
+    tok = Tokenizer.load(workdir, config)
     source = pipeline.make_source(config.data, train=True)
     decode, crop = transforms.DecodeImage(), transforms.ResizeCenterCrop(32)
     images = np.stack([crop.map(decode.map(source[i]))["image"] for i in range(40)])
-    encode = jax.jit(lambda p, x: model.apply(p, x, sample_posterior=False, method=TiTok.encode)[1]["indices"])
-    expected = np.concatenate([encode(params, jnp.asarray(images[i : i + 8])) for i in range(0, 40, 8)])
-    flipped = np.concatenate([encode(params, jnp.asarray(images[i : i + 8, :, ::-1])) for i in range(0, 40, 8)])
+    expected = np.concatenate([tok.encode(images[i : i + 8]) for i in range(0, 40, 8)])
+    flipped = np.concatenate([tok.encode(np.ascontiguousarray(images[i : i + 8, :, ::-1])) for i in range(0, 40, 8)])
     np.testing.assert_array_equal(np.stack([r["tokens"][0] for r in records]), np.asarray(expected))
     np.testing.assert_array_equal(np.stack([r["tokens"][1] for r in records]), flipped)
     np.testing.assert_array_equal([r["label"] for r in records], [source[i]["label"] for i in range(40)])
@@ -98,16 +93,8 @@ def test_refuses_another_tokenizers_output_and_vae_tokenizers(tokenizer, tmp_pat
         pretokenize.pretokenize(config, str(tmp_path / "empty"), str(tmp_path / "t2"))
     vae = tiny_config("single_stage:tiny_vae")
     with pytest.raises(ValueError, match="VQ tokenizer"):
-        frozen_tokenizer.load_tokenizer(vae, workdir)
+        pretokenize.pretokenize(vae, workdir, str(tmp_path / "t3"))
     assert jax.device_count() == 8
-
-
-def test_ten_crop_matches_torchvision():
-    image = np.random.default_rng(0).random((35, 35, 3)).astype(np.float32)
-    expected = v2.TenCrop(32)(torch.from_numpy(image).permute(2, 0, 1))
-    np.testing.assert_array_equal(
-        pretokenize.ten_crop(image, 32), np.stack([c.permute(1, 2, 0).numpy() for c in expected])
-    )
 
 
 def test_ten_crop_records_hold_ten_views(tokenizer, tmp_path):
@@ -117,7 +104,7 @@ def test_ten_crop_records_hold_ten_views(tokenizer, tmp_path):
     _, records = _all_records(output)
     assert metadata["views"] == 10 and [r["tokens"].shape for r in records] == [(10, 16)] * 40
     # View 4 is the center 32 px of the 35 px (1.1x) center crop.
-    model, params, _ = frozen_tokenizer.load_tokenizer(config, workdir)
+    tok = Tokenizer.load(workdir, config)
     source = pipeline.make_source(config.data, train=True)
     full = transforms.to_unit_float(
         transforms.resize_shorter_side(transforms.DecodeImage().map(source[0])["image"], 35)
@@ -125,5 +112,5 @@ def test_ten_crop_records_hold_ten_views(tokenizer, tmp_path):
     center = full[2:34, 2:34][None]
     batch = np.concatenate([center, np.zeros((7, 32, 32, 3), np.float32)])
     np.testing.assert_array_equal(
-        records[0]["tokens"][4], np.asarray(frozen_tokenizer.encode_indices(model, params, batch))[0]
+        records[0]["tokens"][4], tok.encode(batch)[0]
     )

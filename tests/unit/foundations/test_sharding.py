@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import RNGS, model_for
+from helpers import RNGS, init_sharded, model_for
 from jax.sharding import PartitionSpec as P
 
 from titok_jax import sharding as sh
@@ -14,7 +14,7 @@ from titok_jax import sharding as sh
 
 def _init(model, mesh):
     images = jnp.zeros((8, *model.image_shape))
-    return sh.init_sharded(lambda: model.init(RNGS, images), mesh)[0]["params"]
+    return init_sharded(lambda: model.init(RNGS, images), mesh)[0]["params"]
 
 
 def test_params_are_sharded_by_the_logical_rules():

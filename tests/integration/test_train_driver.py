@@ -14,26 +14,29 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import EXPERIMENTS
 from jax.sharding import PartitionSpec as P
-from train_helpers import tiny_config
+from train_helpers import build_recipe, tiny_config
 
+from titok_jax import recipes
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline
-from titok_jax.train import build, loop, recipes
+from titok_jax.train import loop
+from titok_jax.train.state import create_train_state
+from titok_jax.train.step import train_step
 
 
 def _step_on(mesh, config, batch_np, num_steps=1):
-    recipe, frozen = build.build_recipe(config)
-    _, init, shardings = loop.create_train_state(recipe, config, mesh)
-    step = chex.assert_max_traces(n=1)(recipes.train_step)
+    recipe, frozen = build_recipe(config)
+    _, init, shardings = create_train_state(recipe, config, mesh)
+    step = chex.assert_max_traces(n=1)(train_step)
     step_fn = jax.jit(
-        lambda s, b, f: step(s, b, f, recipe=recipe),
+        lambda s, b, f: step(s, b, f, recipe=recipe, phase=True),
         in_shardings=(shardings, None, None),
         out_shardings=(shardings, None),
         donate_argnums=0,
     )
     with jax.set_mesh(mesh):
         state = init()
-        batch = loop._global_batch(batch_np, mesh)
+        batch = loop.global_batch(batch_np, mesh)
         frozen = jax.device_put(frozen, sh.replicated(mesh))
         losses = []
         for _ in range(num_steps):
@@ -136,11 +139,11 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
     from titok_jax import checkpoint
 
     config = tiny_config("single_stage:tiny_vq", **{"mesh.data": 1, "mesh.fsdp": 8, "total_steps": 2})
-    loop.train(config, str(tmp_path))
-    recipe, _ = build.build_recipe(config)
+    recipes.train(config, str(tmp_path))
+    recipe, _ = build_recipe(config)
 
     def restore_on(mesh):
-        abstract, _, _ = loop.create_train_state(recipe, config, mesh)
+        abstract, _, _ = create_train_state(recipe, config, mesh)
         with checkpoint.make_manager(str(tmp_path), 1, 10) as manager, jax.set_mesh(mesh):
             return checkpoint.restore(manager, abstract, None)
 

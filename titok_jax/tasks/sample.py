@@ -1,0 +1,30 @@
+"""Sample sets of a generator training workdir: samples.npz + grid.png (see inference.samples)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+
+from titok_jax.inference.generator import balanced_class_ids
+from titok_jax.inference.samples import write_samples
+from titok_jax.tasks.runs import load_generator
+
+__all__ = ["balanced_class_ids", "sample"]
+
+
+def sample(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    num_images: int,
+    output_dir: str | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Writes samples.npz and grid.png into `output_dir` (default WORKDIR/samples/step_S); returns a summary."""
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}.")
+    generator = load_generator(config, workdir)
+    output_dir = output_dir or os.path.join(workdir, "samples", f"step_{generator.metadata['step']}")
+    return write_samples(generator, num_images, output_dir, batch_size, seed)
