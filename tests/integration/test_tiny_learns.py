@@ -45,6 +45,11 @@ def _init_mse(config, images):
     return float(scalars["ema_reconstruction_mse"])
 
 
+# The README commands use the configs' seed; TITOK_README_SEED=N reruns the pipeline with --config.seed=N
+# (how the thresholds below were checked over seeds).
+SEED_FLAGS = [f"--config.seed={os.environ['TITOK_README_SEED']}"] if os.environ.get("TITOK_README_SEED") else []
+
+
 def _run(*args):
     """A README command (python -m ...) on one CPU device, as a user runs it; -> its last stdout line as JSON."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -84,7 +89,7 @@ def test_readme_pipeline_learns(tmp_path):
     init_mse = _init_mse(config, images)
     tokenizer_dir, tokens_dir, generator_dir = (str(tmp_path / d) for d in ("tokenizer", "tokens", "generator"))
 
-    metrics = _run("titok_jax.main", f"--workdir={tokenizer_dir}")
+    metrics = _run("titok_jax.main", f"--workdir={tokenizer_dir}", *SEED_FLAGS)
 
     final_mse = metrics["eval/ema_reconstruction_mse"]
     print(
@@ -132,7 +137,9 @@ def test_readme_pipeline_learns(tmp_path):
 
     # The generator's README commands over those tokens.
     generator = [f"--config={GENERATOR}:tiny", f"--config.tokenizer.workdir={tokenizer_dir}"]
-    metrics = _run("titok_jax.main", *generator, f"--config.tokens_dir={tokens_dir}", f"--workdir={generator_dir}")
+    metrics = _run(
+        "titok_jax.main", *generator, f"--config.tokens_dir={tokens_dir}", f"--workdir={generator_dir}", *SEED_FLAGS
+    )
     baseline = _per_position_mode_accuracy(tokens_dir)
     accuracy = metrics["masked_token_accuracy"]
     print(f"tiny generator: masked-token accuracy {accuracy:.3f}; per-position mode {baseline:.3f}; chance 1/256")
