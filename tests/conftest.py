@@ -19,9 +19,17 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# The torch references must load before TensorFlow (pulled in by clu's metric writers):
-# importing torchvision after it segfaults (checked: `import clu.metric_writers; import torchvision`).
-import torchvision  # noqa: E402, F401
+REFERENCES = REPO / "tests" / "references"
+
+
+def pytest_configure(config):
+    """The torch references (tests/references) must load before TensorFlow (pulled in by clu's metric
+    writers): importing torchvision after it segfaults (checked: `import clu.metric_writers; import
+    torchvision`). Only a run that includes them imports torch; pure-JAX runs (tests/unit, tests/integration)
+    never do."""
+    paths = [pathlib.Path(str(arg).split("::")[0]).resolve() for arg in config.args] or [pathlib.Path.cwd()]
+    if any(path == REFERENCES or REFERENCES in path.parents or path in REFERENCES.parents for path in paths):
+        import torchvision  # noqa: F401
 
 
 @pytest.fixture(scope="session", autouse=True)

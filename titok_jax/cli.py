@@ -29,7 +29,7 @@ from absl import app, flags
 CONFIG_MODES = ("required", "optional", "none")
 
 
-def option(default: Any, help: str, required: bool = False, choices: tuple[str, ...] | None = None) -> Any:  # noqa: A002
+def option(default: Any, help: str, required: bool = False, choices: tuple[str, ...] | None = None) -> Any:
     """A dataclass field that is also a flag of the same name (a list default becomes a tuple: a list flag)."""
     if isinstance(default, list):
         default = tuple(default)

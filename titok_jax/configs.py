@@ -14,6 +14,7 @@ from typing import Any
 
 import ml_collections
 
+
 def _parse_value(text: str) -> Any:
     try:
         return ast.literal_eval(text)
@@ -60,5 +61,3 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     path, _, arg = spec.partition(":")
     module = load_module(path)
     return module.get_config(arg) if arg else module.get_config()
-
-

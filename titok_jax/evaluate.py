@@ -52,7 +52,7 @@ def run(config, options: Options) -> dict[str, Any]:
         return evaluate.reference_statistics(config, options.write_reference_statistics, options.inception_weights)
     if not options.workdir:
         raise app.UsageError("With --config, give --workdir (evaluate) or --write_reference_statistics.")
-    if recipes.lookup(config).ARTIFACT == "generator":
+    if recipes.lookup(config).ARTIFACT == recipes.GENERATOR:
         if not options.reference_statistics:
             raise app.UsageError("A generator workdir needs --reference_statistics for gFID.")
         return evaluate.evaluate_generator(

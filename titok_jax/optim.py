@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from titok_jax.models.layer_stack import BLOCKS, TRANSFORMER
-from titok_jax.trees import path_name
+from titok_jax.trees import BLOCKS, TRANSFORMER, path_name
 
 # Official rule: no decay for params with ndim < 2 or whose name contains one of
 # these. 'codebook' is our name for the official `*.embedding.weight` codebooks.

@@ -14,7 +14,7 @@ from typing import Any
 
 from absl import app
 
-from titok_jax import cli
+from titok_jax import cli, recipes
 from titok_jax.inference.pretokenize import pretokenize
 from titok_jax.tasks.runs import checked
 
@@ -34,7 +34,12 @@ def run(config, options: Options) -> dict[str, Any]:
         raise app.UsageError("--flip and --ten_crop exclude each other (ten-crop views already include mirrors).")
     augmentation = "ten_crop" if options.ten_crop else "flip" if options.flip else "center"
     return pretokenize(
-        checked(config, "tokenizer"), options.tokenizer, options.output, options.split, augmentation, options.shard_size
+        checked(config, recipes.TOKENIZER),
+        options.tokenizer,
+        options.output,
+        options.split,
+        augmentation,
+        options.shard_size,
     )
 
 

@@ -149,8 +149,10 @@ def pad_batch(batch: np.ndarray, multiple: int, fill: str = "zeros") -> tuple[np
     padded = -(-size // multiple) * multiple
     if padded == size:
         return batch, size
-    extra = np.repeat(batch[-1:], padded - size, axis=0) if fill == "repeat" else np.zeros(
-        (padded - size, *batch.shape[1:]), batch.dtype
+    extra = (
+        np.repeat(batch[-1:], padded - size, axis=0)
+        if fill == "repeat"
+        else np.zeros((padded - size, *batch.shape[1:]), batch.dtype)
     )
     return np.concatenate([batch, extra]), size
 

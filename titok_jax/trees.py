@@ -1,10 +1,15 @@
-"""Validation of loaded parameter trees against what a model expects."""
+"""Parameter-tree paths and the validation of loaded trees against what a model expects."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import jax
+
+# How the models name their ViT blocks in parameter paths: `transformer/block_{i}`, or `transformer/blocks`
+# with every leaf stacked along a leading `layers` axis when the blocks are scanned (models.layer_stack).
+TRANSFORMER = "transformer"
+BLOCKS = "blocks"
 
 
 def path_name(path: Any) -> str:

@@ -130,9 +130,7 @@ def test_refuses_mismatched_tokenizers_and_shards_before_training(tokenizer, tmp
     with pytest.raises(ValueError, match=r"Generator/tokenizer mismatch.*num_tokens"):
         recipes.validate(tiny_generator_config(workdir, tokens_dir, **{"model.num_tokens": 32}))
     with pytest.raises(ValueError, match="is a VAE"):
-        recipes.validate(
-            tiny_generator_config(workdir, tokens_dir, **{"tokenizer.config": f"{SINGLE_STAGE}:tiny_vae"})
-        )
+        recipes.validate(tiny_generator_config(workdir, tokens_dir, **{"tokenizer.config": f"{SINGLE_STAGE}:tiny_vae"}))
 
     # Shards written by another tokenizer (same sizes, other codebook): refused before anything is written.
     other_config = tiny_config("single_stage:tiny_vq", seed=7)

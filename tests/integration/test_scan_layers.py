@@ -174,7 +174,10 @@ def test_frozen_tokenizer_takes_its_configs_layout(scanned_run, images):
     scanned_params, identity = jax.device_get(scanned.variables), Tokenizer.load(workdir, config).identity()
     # The layout is read from the checkpoint: a config without scan_layers restores the run too.
     plain_model, plain = tokenizer_lib.restore_workdir(workdir, tiny_config(**PLAIN))
-    plain_params, plain_identity = jax.device_get(plain.variables), Tokenizer.load(workdir, tiny_config(**PLAIN)).identity()
+    plain_params, plain_identity = (
+        jax.device_get(plain.variables),
+        Tokenizer.load(workdir, tiny_config(**PLAIN)).identity(),
+    )
     assert scanned_model.scan_layers and not plain_model.scan_layers
     assert layer_stack.scanned_layout(scanned_params) is True
     chex.assert_trees_all_equal(layer_stack.unstack_blocks(scanned_params), plain_params)

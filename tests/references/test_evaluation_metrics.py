@@ -117,8 +117,8 @@ def test_psnr_and_ssim_equal_skimage():
 def test_gfid_of_samples_against_reference_statistics_of_the_same_images(tmp_path):
     from train_helpers import tiny_config
 
-    from titok_jax.tasks import evaluate
     from titok_jax.data import pipeline
+    from titok_jax.tasks import evaluate
 
     config = tiny_config("single_stage:tiny_vq", **{"data.eval_num_examples": 8})
     summary = evaluate.reference_statistics(config, str(tmp_path / "ref.npz"), inception_weights="")

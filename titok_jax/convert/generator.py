@@ -19,7 +19,7 @@ saved, are accepted and dropped.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -195,4 +195,3 @@ def load_official_generator(
     model = maskgit_from_config(fields)
     variables = params_from_state_dict(model, tl.read_state_dict(weights, drop_suffixes=HF_BUFFERS), repr(weights))
     return model, variables, fields, sampling
-

@@ -64,7 +64,9 @@ def metric_name(name: str, real_inception: bool) -> str:
 
 
 @functools.partial(jax.jit, static_argnames=("reconstruct", "model", "metrics"))
-def _tokenizer_batch(reconstruct: Any, model: TiTok, params: Any, aux: Any, inception_vars: Any, images: jax.Array, metrics):
+def _tokenizer_batch(
+    reconstruct: Any, model: TiTok, params: Any, aux: Any, inception_vars: Any, images: jax.Array, metrics
+):
     reconstructions = jnp.round(reconstruct(params, images, aux) * 255.0) / 255.0
     out = {}
     if "psnr" in metrics:
@@ -168,4 +170,3 @@ def image_set_statistics(
             stats.update(pool, mask)
             logits.append(to_host(batch_logits)[mask])
     return stats, np.concatenate(logits)
-

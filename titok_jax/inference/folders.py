@@ -84,4 +84,3 @@ def detokenize(tokenizer: Tokenizer, tokens_file: str, output: str, batch_size: 
     recon = np.concatenate([tokenizer.decode(tokens[s]) for s in _batches(len(tokens), batch_size)])
     _write_images(output, [str(n) for n in names], to_uint8(recon), None)
     return {"images": len(tokens), "output": output}
-

@@ -141,4 +141,3 @@ def pretokenize(
         tokens.write_shard(path, records)
         logging.info("Wrote %s (%d examples).", path, len(kept))
     return metadata
-

@@ -51,7 +51,9 @@ def restore_params(
     saved = checkpoint.saved_parts(workdir, step)
     part = "ema_params" if ema else "params"
     if not isinstance(saved, dict) or saved.get(part) is None:
-        raise ValueError(f"Checkpoint step {step} in {workdir!r} holds no {part}; it is not a titok_jax training state.")
+        raise ValueError(
+            f"Checkpoint step {step} in {workdir!r} holds no {part}; it is not a titok_jax training state."
+        )
     wanted = getattr(model, "scan_layers", None)
     saved_layout = layer_stack.scanned_layout(saved[part])
     saved_model = model
@@ -71,7 +73,9 @@ def restore_params(
 def _check_structure(saved: Any, abstract: Any, workdir: str, step: int) -> None:
     """Names the first differing key or shape before orbax fails with its own message."""
     saved_flat = {jax.tree_util.keystr(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_leaves_with_path(saved)}
-    wanted_flat = {jax.tree_util.keystr(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+    wanted_flat = {
+        jax.tree_util.keystr(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_leaves_with_path(abstract)
+    }
     missing = sorted(set(wanted_flat) - set(saved_flat))
     unexpected = sorted(set(saved_flat) - set(wanted_flat))
     shapes = sorted(k for k in set(wanted_flat) & set(saved_flat) if wanted_flat[k] != saved_flat[k])

@@ -280,7 +280,6 @@ class Tokenizer:
         return self.decode(self.encode(images))
 
 
-
 def unscanned_params(tokenizer: Tokenizer) -> Any:
     """The params on the host in the interchange layout: exports never hold stacked (scanned) ViT blocks."""
     return layer_stack.unstack_blocks(tokenizer.host_variables()["params"])

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-TRANSFORMER = "transformer"  # the name models.titok gives its Transformer modules
-BLOCKS = "blocks"  # the scanned block (models.layers.Transformer)
+from titok_jax.trees import BLOCKS, TRANSFORMER
+
 _BLOCK_NAME = re.compile(r"block_(\d+)")
 
 

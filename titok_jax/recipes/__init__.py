@@ -35,6 +35,10 @@ REGISTRY = {
 # Old names that still load, with a deprecation message.
 DEPRECATED = {"generator": "maskgit"}
 
+# What a trained run of a recipe is (RecipeModule.ARTIFACT): readers branch on this, never on a recipe name.
+TOKENIZER = "tokenizer"
+GENERATOR = "generator"
+
 
 class Recipe(Protocol):
     """What the driver loop and `train.step.train_step` may use of a built recipe (a frozen dataclass, so it

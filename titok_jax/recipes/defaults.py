@@ -122,5 +122,3 @@ def shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
     config.discriminator.pooled_size = 8
     config.losses.discriminator_start = 200
     config.losses.perceptual_weight = 0.0
-
-

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from titok_jax import configs, optim
+from titok_jax import configs, optim, recipes
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline
 from titok_jax.data import tokens as token_data
@@ -36,7 +36,7 @@ from titok_jax.train import masking
 from titok_jax.train.loop import Plan
 from titok_jax.train.state import TrainState
 
-ARTIFACT = "generator"
+ARTIFACT = recipes.GENERATOR
 
 # The sample grid written every sample_every steps: up to this many classes x this many samples.
 GRID_CLASSES = 8
@@ -160,8 +160,6 @@ def _tokenizer_source(config: ml_collections.ConfigDict) -> tuple[str, ml_collec
 def validate(config: ml_collections.ConfigDict) -> None:
     """The generator's own checks: model and sampling fields, and that the tokenizer (and the token shards,
     when given) produce the codes this generator models. Reads no weights."""
-    from titok_jax import recipes
-
     model = maskgit_from_config(config.model)
     SamplingSettings.from_config(config.sampling)
     if not 0.0 <= config.losses.class_dropout < 1.0:

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from titok_jax import checkpoint, losses, optim
+from titok_jax import checkpoint, losses, optim, recipes
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline
 from titok_jax.evaluation import tokenizer_eval
@@ -35,7 +35,7 @@ from titok_jax.recipes import teacher
 from titok_jax.train.loop import Evaluator, Plan
 from titok_jax.train.state import TrainState
 
-ARTIFACT = "tokenizer"
+ARTIFACT = recipes.TOKENIZER
 
 
 def codebook_usage(indices: jax.Array, codebook_size: int) -> jax.Array:
@@ -294,7 +294,6 @@ class PixelRecipe(TokenizerRecipe):
         updates, opt_state = self.discriminator_optimizer.update(grads, d["opt_state"], d["params"])
         discriminator = {"params": optax.apply_updates(d["params"], updates), "opt_state": opt_state}
         return state.replace(discriminator=discriminator, lecam=lecam), metrics
-
 
 
 # ---- config -> recipe -------------------------------------------------------------------------------------

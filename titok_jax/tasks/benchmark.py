@@ -187,7 +187,7 @@ def benchmark_encode(config: ml_collections.ConfigDict, steps: int, warmup: int)
 
 def benchmark_sample(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict:
     module = recipes.lookup(config)
-    if module.ARTIFACT != "generator":
+    if module.ARTIFACT != recipes.GENERATOR:
         raise ValueError("--mode=sample needs a generator config (experiments/maskgit_generator.py:...).")
     recipe, frozen = module.build(config, random_frozen=True)
     mesh = sh.make_mesh(**config.mesh)
@@ -199,9 +199,7 @@ def benchmark_sample(config: ml_collections.ConfigDict, steps: int, warmup: int)
             sh.batch_sharding(mesh, 1), (np.arange(config.batch_size // jax.process_count()) % 1000).astype(np.int32)
         )
         key = jax.random.PRNGKey(0)
-        sample = functools.partial(
-            generator_lib.generate_batch, recipe.model, recipe.sampling, recipe.tokenizer
-        )
+        sample = functools.partial(generator_lib.generate_batch, recipe.model, recipe.sampling, recipe.tokenizer)
         start = time.perf_counter()
         compiled = jax.jit(sample).lower(state.ema_params, tokenizer_params, class_ids, key).compile()
         compile_s = time.perf_counter() - start
@@ -288,4 +286,3 @@ def format_table(record: dict[str, Any]) -> str:
         ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-

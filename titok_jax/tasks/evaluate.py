@@ -30,7 +30,7 @@ def evaluate_workdir(
 ) -> dict[str, float]:
     """Metrics of the newest checkpoint (EMA params) of a tokenizer workdir; also written to WORKDIR/eval/."""
     module = recipes.validate(config)
-    if module.ARTIFACT != "tokenizer":
+    if module.ARTIFACT != recipes.TOKENIZER:
         raise ValueError("A generator workdir is scored by evaluate_generator (needs --reference_statistics).")
     results, step = module.evaluate_workdir(config, workdir, metrics, inception_weights, max_images)
     write_results(workdir, step, results)

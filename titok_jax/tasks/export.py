@@ -41,7 +41,7 @@ def export(
     bundle_lib.check_output(output, overwrite)
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"--workdir={workdir!r} does not exist (expected a training workdir).")
-    if module.ARTIFACT == "generator":
+    if module.ARTIFACT == recipes.GENERATOR:
         if file_format != "bundle" or not ema:
             raise ValueError("Generators export as bundles of their EMA weights (--format=bundle --ema=true).")
         export_config = config.copy_and_resolve_references()
@@ -57,7 +57,11 @@ def export(
     if file_format == "pytorch":
         variables = {"params": tokenizer_lib.unscanned_params(tokenizer)}
         convert_titok.save_hub_tokenizer(
-            model.clone(scan_layers=False), variables, output, dtype=np.dtype(dtype), extra_config={"titok_jax": metadata}
+            model.clone(scan_layers=False),
+            variables,
+            output,
+            dtype=np.dtype(dtype),
+            extra_config={"titok_jax": metadata},
         )
     else:
         metadata["variant"] = config.get("variant", "")

@@ -111,7 +111,6 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
 def memory_report(config: ml_collections.ConfigDict, batch: int | None = None, compile: bool = False) -> dict[str, Any]:
     """The state's bytes per device on config.mesh (and, with `compile`, XLA's estimate of the train step)."""
     if batch:

@@ -13,9 +13,7 @@ def checked(config: ml_collections.ConfigDict, artifact: str, flag: str = "--con
     """Validates `config` and refuses one whose recipe trains something other than `artifact`."""
     module = recipes.validate(config)
     if module.ARTIFACT != artifact:
-        raise ValueError(
-            f"{flag} must be a {artifact} config; recipe {config.recipe!r} trains a {module.ARTIFACT}."
-        )
+        raise ValueError(f"{flag} must be a {artifact} config; recipe {config.recipe!r} trains a {module.ARTIFACT}.")
     return config
 
 
@@ -23,9 +21,9 @@ def load_generator(config: ml_collections.ConfigDict, workdir: str) -> Generator
     """The generator of a training workdir (EMA params) with the tokenizer its config names."""
     config = config.copy_and_resolve_references()
     config.tokens_dir = ""  # sampling reads no token shards
-    return Generator.load(workdir, checked(config, "generator"))
+    return Generator.load(workdir, checked(config, recipes.GENERATOR))
 
 
 def load_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
     """The tokenizer of a training workdir (EMA params)."""
-    return Tokenizer.load(workdir, checked(config, "tokenizer"))
+    return Tokenizer.load(workdir, checked(config, recipes.TOKENIZER))

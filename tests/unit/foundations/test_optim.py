@@ -98,9 +98,7 @@ def test_accumulated_microbatches_equal_one_big_batch():
     batch = {"image": images}
 
     def grad_fn(microbatch, key):
-        grads, (metrics, reconstructions) = jax.grad(recipe.loss, has_aux=True)(
-            params, microbatch, key, {"step": 0}
-        )
+        grads, (metrics, reconstructions) = jax.grad(recipe.loss, has_aux=True)(params, microbatch, key, {"step": 0})
         return grads, metrics, reconstructions
 
     key = jax.random.PRNGKey(2)

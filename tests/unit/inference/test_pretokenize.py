@@ -111,6 +111,4 @@ def test_ten_crop_records_hold_ten_views(tokenizer, tmp_path):
     )
     center = full[2:34, 2:34][None]
     batch = np.concatenate([center, np.zeros((7, 32, 32, 3), np.float32)])
-    np.testing.assert_array_equal(
-        records[0]["tokens"][4], tok.encode(batch)[0]
-    )
+    np.testing.assert_array_equal(records[0]["tokens"][4], tok.encode(batch)[0])
