@@ -98,11 +98,6 @@ def reconstruction_l2(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(_f32(x) - _f32(y)))
 
 
-def reconstruction_l1(x: jax.Array, y: jax.Array) -> jax.Array:
-    """Mean absolute error over every element (the official `reconstruction_loss: l1` option)."""
-    return jnp.mean(jnp.abs(_f32(x) - _f32(y)))
-
-
 def kl_loss(kl_per_example: jax.Array) -> jax.Array:
     """Official reduction: sum of all KL terms divided by the batch size (axis 0)."""
     kl = _f32(kl_per_example)
@@ -170,21 +165,6 @@ SINGLE_STAGE_LOSS_WEIGHTS = LossWeights(
 )
 
 
-def stage1_loss(
-    cross_entropy: jax.Array, quantizer_aux: Mapping[str, jax.Array], quantizer_weight: float = 1.0
-) -> tuple[jax.Array, Metrics]:
-    """Stage 1: proxy-code CE + quantizer_weight * quantizer loss."""
-    quantizer = quantizer_weight * _f32(quantizer_aux["quantizer_loss"])
-    total = _f32(cross_entropy) + quantizer
-    return total, {
-        "total_loss": total,
-        "reconstruction_loss": _f32(cross_entropy),
-        "quantizer_loss": quantizer,
-        "commitment_loss": _f32(quantizer_aux["commitment_loss"]),
-        "codebook_loss": _f32(quantizer_aux["codebook_loss"]),
-    }
-
-
 def single_stage_generator_loss(
     reconstruction_loss: jax.Array,
     perceptual_loss: jax.Array,
@@ -196,7 +176,7 @@ def single_stage_generator_loss(
 ) -> tuple[jax.Array, Metrics]:
     """The tokenizer's objective in the official ReconstructionLoss_Single_Stage.
 
-    reconstruction_loss: unweighted reconstruction_l2 (or _l1) of inputs vs reconstructions.
+    reconstruction_loss: unweighted reconstruction_l2 of inputs vs reconstructions.
     perceptual_loss: the perceptual model's loss (already its internal weighted average), unweighted.
     quantizer_aux: the quantizer's dict: `quantizer_loss`, `commitment_loss`, `codebook_loss` (vq)
       or `kl` per example (vae).
@@ -232,20 +212,6 @@ def single_stage_generator_loss(
         gan_loss=gan,
     )
     return total, metrics
-
-
-def stage2_generator_loss(
-    reconstruction_loss: jax.Array,
-    perceptual_loss: jax.Array,
-    quantizer_aux: Mapping[str, jax.Array],
-    generator_adversarial: jax.Array | None,
-    step: jax.Array | int,
-    weights: LossWeights = TWO_STAGE_2_LOSS_WEIGHTS,
-) -> tuple[jax.Array, Metrics]:
-    """The decoder's objective in the official ReconstructionLoss_Stage2 (the VQ case of the single-stage one)."""
-    return single_stage_generator_loss(
-        reconstruction_loss, perceptual_loss, quantizer_aux, generator_adversarial, step, weights, "vq"
-    )
 
 
 def discriminator_loss(

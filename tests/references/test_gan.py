@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from discriminator_convert import discriminator_params_from_torch, lecam_ema_from_torch
 from discriminator_reference import Blur, TorchNLayerDiscriminator
-from helpers import count_params
+from helpers import count_params, model_for
 
 from titok_jax import losses
 from titok_jax import sharding as sh
-from titok_jax.convert.discriminator import discriminator_params_from_torch, lecam_ema_from_torch
 from titok_jax.models.discriminator import NLayerDiscriminator, adaptive_max_pool, blur_downsample
+from titok_jax.recipes.tokenizer import Stage1Recipe
 
 OFFICIAL_PARAM_COUNT = 1_909_889  # official NLayerDiscriminator() defaults, all parameters (no buffers)
 
@@ -149,7 +150,6 @@ def test_reconstruction_terms():
         losses.proxy_code_cross_entropy(logits, codes[..., 0])
     x, y = jnp.array([[0.0, 1.0]]), jnp.array([[1.0, 3.0]])
     np.testing.assert_allclose(losses.reconstruction_l2(x, y), 2.5)
-    np.testing.assert_allclose(losses.reconstruction_l1(x, y), 1.5)
     np.testing.assert_allclose(losses.kl_loss(jnp.array([1.0, 3.0, 2.0])), 2.0)
     np.testing.assert_allclose(losses.kl_loss(jnp.array([[1.0, 2.0], [3.0, 4.0]])), 5.0)  # sum / batch
 
@@ -163,7 +163,8 @@ QUANTIZER = {"quantizer_loss": 0.3, "commitment_loss": 0.06, "codebook_loss": 0.
 
 
 def test_stage2_generator_weighting():
-    loss = jax.jit(lambda step: losses.stage2_generator_loss(0.5, 2.0, QUANTIZER, 4.0, step))
+    weights = losses.TWO_STAGE_2_LOSS_WEIGHTS  # stage 2 is the VQ case of the single-stage objective
+    loss = jax.jit(lambda step: losses.single_stage_generator_loss(0.5, 2.0, QUANTIZER, 4.0, step, weights, "vq"))
     total, metrics = loss(19_999)  # before the GAN starts: 0.5 + 0.1 * 2 (quantizer weight 0)
     np.testing.assert_allclose(total, 0.7, rtol=1e-6)
     assert float(metrics["gan_loss"]) == 0.0 and float(metrics["discriminator_factor"]) == 0.0
@@ -172,8 +173,10 @@ def test_stage2_generator_weighting():
     np.testing.assert_allclose(metrics["weighted_gan_loss"], 0.04, rtol=1e-6)
     np.testing.assert_allclose(metrics["perceptual_loss"], 0.2, rtol=1e-6)
     assert float(metrics["quantizer_loss"]) == 0.0 and float(metrics["gan_loss"]) == 4.0
-    total, _ = losses.stage1_loss(3.0, QUANTIZER, quantizer_weight=1.0)
-    np.testing.assert_allclose(total, 3.3, rtol=1e-6)
+    # Stage 1 (Stage1Recipe.loss): proxy-code CE + quantizer_weight * quantizer loss.
+    recipe = Stage1Recipe(model=model_for("titok_two_stage.py:tiny"), optimizer=None, learning_rate=None, seed=0)
+    quantizer, _ = recipe.quantizer_terms({**QUANTIZER, "indices": jnp.zeros((1, 16), jnp.int32)})
+    np.testing.assert_allclose(3.0 + quantizer, 3.3, rtol=1e-6)
 
 
 def test_single_stage_generator_weighting():

@@ -22,7 +22,7 @@ Parameter layout (torch state dict key -> our params path; conv OIHW -> HWIO):
   blocks.{i}.2.{weight,bias}   -> stage_{i}.norm.{scale,bias}
   to_logits.0.{weight,bias}    -> head_hidden.{kernel,bias}
   to_logits.2.{weight,bias}    -> head_out.{kernel,bias}
-`titok_jax.convert.discriminator` implements this map.
+`tests/references/discriminator_convert.py` implements this map (the parity test's reference).
 """
 
 from __future__ import annotations
