@@ -31,6 +31,7 @@ import numpy as np
 
 from titok_jax.convert import torch_layout as tl
 from titok_jax.convert.vqgan import decoder_entries
+from titok_jax.files import atomic_write
 from titok_jax.models.titok import TITOK_FIELDS, VIT_SIZES, TiTok, titok_from_config
 
 Tree = dict[str, Any]
@@ -351,10 +352,8 @@ def save_hub_tokenizer(
 
 
 def _write_json(value: Any, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(value, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def model_fields(model: TiTok) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from titok_jax.files import atomic_write
+
 Tree = dict[str, Any]
 StateDict = Mapping[str, np.ndarray]
 
@@ -95,13 +97,10 @@ def _as_float32(key: str, value: Any, path: str) -> np.ndarray:
 
 def save_safetensors(flat: Mapping[str, np.ndarray], path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """Writes {key: array} atomically (a temporary file renamed into place)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, tmp, metadata=metadata)
-    os.chmod(tmp, 0o644)  # weights are for sharing; the temporary file starts private
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(save({k: np.ascontiguousarray(v) for k, v in flat.items()}, metadata=metadata))
 
 
 # ---------------------------------------------------------------------------- entries

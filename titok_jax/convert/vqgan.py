@@ -29,6 +29,7 @@ from typing import Any
 import flax.serialization
 
 from titok_jax.convert import torch_layout as tl
+from titok_jax.files import atomic_write
 
 Tree = dict[str, Any]
 PORT_NAME = "MaskGIT VQGAN PyTorch port (maskgit-vqgan-imagenet-f16-256.bin)"
@@ -157,10 +158,8 @@ def _main() -> None:
 
         variables = load_vqgan_variables(FLAGS.checkpoint, _default_fields(VQGAN))
         tree = {"params": tl.unflatten(tl.flatten(variables["params"]))}
-        tmp = FLAGS.output + ".tmp"
-        with open(tmp, "wb") as f:
+        with atomic_write(FLAGS.output) as f:
             f.write(flax.serialization.msgpack_serialize(tree))
-        os.replace(tmp, FLAGS.output)
         print(f"Wrote {FLAGS.output}")
 
     app.run(main)

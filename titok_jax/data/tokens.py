@@ -31,7 +31,7 @@ def shard_name(index: int, count: int) -> str:
 def write_shard(path: str, records: list[dict[str, Any]]) -> None:
     """Writes records {"tokens": int32 (views, K), "label", "index"} to a temporary name, then renames:
     a shard that exists is complete."""
-    tmp = path + ".tmp"
+    tmp = path + ".tmp"  # the writer opens the path itself, so files.atomic_write (a file object) does not fit
     writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
     for record in records:
         writer.write(flax.serialization.msgpack_serialize(record))

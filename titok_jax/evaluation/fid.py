@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from titok_jax.files import atomic_write
+
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
@@ -39,9 +41,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray, **extra: np.ndarray) -> None:
     """Writes `.npz` {mu, sigma, ...} (the layout pytorch-fid and the ADM evaluator read), atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
+    with atomic_write(path) as f:
         np.savez(f, mu=mu, sigma=sigma, **extra)
-    os.replace(path + ".tmp", path)
 
 
 def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray]:
