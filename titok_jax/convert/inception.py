@@ -27,13 +27,15 @@ Inception, whose features would give FIDs incomparable with published ones).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from titok_jax import cli
 from titok_jax.convert import torch_layout as tl
 from titok_jax.convert.torch_layout import read_state_dict
 
@@ -195,29 +197,23 @@ def load_inception_params(path: str | os.PathLike, setting: str = "the configure
 # ---------------------------------------------------------------------------- CLI
 
 
-def _main() -> None:
-    # Flags are defined only when run as a script, so importing this module never
-    # adds flags to another program's FLAGS.
-    from absl import app, flags
-
-    torch_weights = flags.DEFINE_string(
-        "torch_weights", None, f"pytorch-fid's {TORCH_WEIGHTS_FILENAME} (from {TORCH_WEIGHTS_URL}).", required=True
+@dataclasses.dataclass(frozen=True)
+class Options:
+    torch_weights: str = cli.option(
+        None, f"pytorch-fid's {TORCH_WEIGHTS_FILENAME} (from {TORCH_WEIGHTS_URL}).", required=True
     )
-    output = flags.DEFINE_string(
-        "output", None, f"Output directory; {PARAMS_FILENAME} is written there.", required=True
-    )
+    output: str = cli.option(None, f"Output directory; {PARAMS_FILENAME} is written there.", required=True)
 
-    def main(argv: Sequence[str]) -> None:
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-        try:
-            path = convert_file(torch_weights.value, output.value)
-        except (ValueError, FileNotFoundError, ImportError) as err:
-            raise app.UsageError(str(err)) from err  # the message, without a traceback
-        print(f"Wrote {path}")
 
-    app.run(main)
+def run(config: None, options: Options) -> dict[str, str]:
+    del config
+    from absl import app
+
+    try:
+        return {"output": convert_file(options.torch_weights, options.output)}
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        raise app.UsageError(str(err)) from err  # the message, without a traceback
 
 
 if __name__ == "__main__":
-    _main()
+    cli.main(run, Options)

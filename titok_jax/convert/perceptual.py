@@ -19,12 +19,14 @@ Inputs may be `.safetensors` (read without torch) or `.pth` / `.pt` / `.bin` tor
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from titok_jax import cli
 from titok_jax.convert import torch_layout as tl
 from titok_jax.convert.torch_layout import read_state_dict  # noqa: F401  (re-exported)
 from titok_jax.models import perceptual as pm
@@ -261,28 +263,25 @@ def convert_files(
     return path
 
 
-def _main() -> None:
-    # Flags are defined only when run as a script, so importing this module (for
-    # load_perceptual_params) never adds flags to another program's FLAGS.
-    from absl import app, flags
+@dataclasses.dataclass(frozen=True)
+class Options:
+    lpips_vgg: str | None = cli.option(None, "torchvision vgg16 weights (.pth or .safetensors).")
+    lpips_lin: str | None = cli.option(None, "LPIPS v0.1 vgg.pth linear layers (lin0..lin4).")
+    convnext: str | None = cli.option(None, "torchvision convnext_small weights (.pth or .safetensors).")
+    output: str = cli.option(None, "Output directory.", required=True)
+    format: str = cli.option("safetensors", "Output file format.", choices=("safetensors", "msgpack"))
 
-    lpips_vgg = flags.DEFINE_string("lpips_vgg", None, "torchvision vgg16 weights (.pth or .safetensors).")
-    lpips_lin = flags.DEFINE_string("lpips_lin", None, "LPIPS v0.1 vgg.pth linear layers (lin0..lin4).")
-    convnext = flags.DEFINE_string("convnext", None, "torchvision convnext_small weights (.pth or .safetensors).")
-    output = flags.DEFINE_string("output", None, "Output directory.", required=True)
-    file_format = flags.DEFINE_enum("format", "safetensors", ["safetensors", "msgpack"], "Output file format.")
 
-    def main(argv: Sequence[str]) -> None:
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-        try:
-            path = convert_files(output.value, lpips_vgg.value, lpips_lin.value, convnext.value, file_format.value)
-        except (ValueError, FileNotFoundError, ImportError) as err:
-            raise app.UsageError(str(err)) from err  # the message, without a traceback
-        print(f"Wrote {path}")
+def run(config: None, options: Options) -> dict[str, str]:
+    del config
+    from absl import app
 
-    app.run(main)
+    try:
+        path = convert_files(options.output, options.lpips_vgg, options.lpips_lin, options.convnext, options.format)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        raise app.UsageError(str(err)) from err  # the message, without a traceback
+    return {"output": path}
 
 
 if __name__ == "__main__":
-    _main()
+    cli.main(run, Options)

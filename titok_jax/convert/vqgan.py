@@ -22,12 +22,14 @@ writes the flax msgpack `config.teacher.checkpoint` reads (the teacher also read
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.serialization
 
+from titok_jax import cli
 from titok_jax.convert import torch_layout as tl
 from titok_jax.files import atomic_write
 
@@ -142,35 +144,27 @@ def load_vqgan_variables(path: str | os.PathLike, fields: Mapping[str, Any]) -> 
     return dict(variables)
 
 
-def _main() -> None:
-    from absl import app, flags
-
-    flags.DEFINE_string("checkpoint", None, "maskgit-vqgan-imagenet-f16-256.bin (or .safetensors).", required=True)
-    flags.DEFINE_string("output", None, "Output .msgpack file.", required=True)
-    FLAGS = flags.FLAGS
-
-    def main(argv: Sequence[str]) -> None:
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-        if not is_torch_file(FLAGS.checkpoint):
-            raise app.UsageError("--checkpoint must be the PyTorch port (.bin/.pth/.pt/.safetensors).")
-        from titok_jax.models.vqgan import VQGAN
-
-        variables = load_vqgan_variables(FLAGS.checkpoint, _default_fields(VQGAN))
-        tree = {"params": tl.unflatten(tl.flatten(variables["params"]))}
-        with atomic_write(FLAGS.output) as f:
-            f.write(flax.serialization.msgpack_serialize(tree))
-        print(f"Wrote {FLAGS.output}")
-
-    app.run(main)
+@dataclasses.dataclass(frozen=True)
+class Options:
+    checkpoint: str = cli.option(None, "maskgit-vqgan-imagenet-f16-256.bin (or .safetensors).", required=True)
+    output: str = cli.option(None, "Output .msgpack file.", required=True)
 
 
-def _default_fields(cls: Any) -> dict[str, Any]:
-    return {
-        name: getattr(cls, name)
-        for name in ("filters", "channel_multipliers", "num_res_blocks", "embedding_dim", "codebook_size")
-    }
+def run(config: None, options: Options) -> dict[str, str]:
+    """The PyTorch port of the MaskGIT VQGAN -> the JAX checkpoint layout (flax msgpack)."""
+    del config
+    from absl import app
+
+    from titok_jax.models.vqgan import VQGAN, VQGAN_FIELDS
+
+    if not is_torch_file(options.checkpoint):
+        raise app.UsageError("--checkpoint must be the PyTorch port (.bin/.pth/.pt/.safetensors).")
+    variables = load_vqgan_variables(options.checkpoint, {name: getattr(VQGAN, name) for name in VQGAN_FIELDS})
+    tree = {"params": tl.unflatten(tl.flatten(variables["params"]))}
+    with atomic_write(options.output) as f:
+        f.write(flax.serialization.msgpack_serialize(tree))
+    return {"output": options.output}
 
 
 if __name__ == "__main__":
-    _main()
+    cli.main(run, Options)
