@@ -1,7 +1,9 @@
-"""Helpers for ml_collections experiment configs: variant args, loading, validation.
+"""The config mechanism: variant args and loading of ml_collections experiment files.
 
 Experiment files live in experiments/ and define `get_config(arg)`. The arg is
-`variant[,key=value...]`, e.g. `experiments/titok_two_stage.py:s128,stage=2`.
+`variant[,key=value...]`, e.g. `experiments/titok_two_stage.py:s128,stage=2`. What a config
+means is its recipe's business: `titok_jax.recipes.validate(config)` checks it (common fields,
+then the recipe module's own checks); shared defaults live in `titok_jax.recipes.defaults`.
 """
 
 from __future__ import annotations
