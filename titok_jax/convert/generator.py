@@ -195,3 +195,11 @@ def load_official_generator(
     model = maskgit_from_config(fields)
     variables = params_from_state_dict(model, tl.read_state_dict(weights, drop_suffixes=HF_BUFFERS), repr(weights))
     return model, variables, fields, sampling
+
+
+if __name__ == "__main__":
+    # This module converts; writing a bundle belongs to the export command (a bundle carries its tokenizer).
+    raise SystemExit(
+        "python -m titok_jax.convert.generator moved: run python -m titok_jax.export "
+        "--official_generator=DIR_OR_BIN [--official_config=YAML] --tokenizer=TOKENIZER --output=BUNDLE"
+    )

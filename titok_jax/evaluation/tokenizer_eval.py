@@ -63,9 +63,9 @@ def metric_name(name: str, real_inception: bool) -> str:
     return name if real_inception or name not in ("rfid", "is", "is_std", "gfid") else f"{name}_random_inception"
 
 
-@functools.partial(jax.jit, static_argnames=("reconstruct", "model", "metrics"))
+@functools.partial(jax.jit, static_argnames=("reconstruct", "encode", "metrics"))
 def _tokenizer_batch(
-    reconstruct: Any, model: TiTok, params: Any, aux: Any, inception_vars: Any, images: jax.Array, metrics
+    reconstruct: Any, encode: Any, params: Any, aux: Any, inception_vars: Any, images: jax.Array, metrics
 ):
     reconstructions = jnp.round(reconstruct(params, images, aux) * 255.0) / 255.0
     out = {}
@@ -77,12 +77,13 @@ def _tokenizer_batch(
         out["real_pool"], _ = inception.inception_features(inception_vars, images)
         out["pool"], out["logits"] = inception.inception_features(inception_vars, reconstructions)
     if "codebook" in metrics:
-        out["indices"] = model.apply(params, images, sample_posterior=False, method=TiTok.encode)[1]["indices"]
+        out["indices"] = encode(params, images)
     return out
 
 
 def evaluate_tokenizer(
     reconstruct: Callable[[Any, jax.Array, Any], jax.Array],
+    encode: Callable[[Any, jax.Array], jax.Array],
     model: TiTok,
     params: Any,
     aux: Any,
@@ -97,7 +98,8 @@ def evaluate_tokenizer(
     """One pass over the eval split (its first `max_images` images, whole batches, if > 0) -> {metric: value}
     (see the module docstring for the protocol). `reconstruct(params, images, aux)` -> pixels in [0, 1] is the
     tokenizer's deterministic reconstruction (hashable: a jit static argument); `aux` its other weights (e.g. a
-    stage-1 model's VQGAN teacher); `model` encodes for the codebook statistics."""
+    stage-1 model's VQGAN teacher); `encode(params, images)` -> code ids is the tokenizer's encode path (for the
+    codebook statistics; hashable too); `model` names the quantizer and the codebook size."""
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"Unknown metrics {unknown}; valid: {', '.join(METRICS)}.")
@@ -113,7 +115,7 @@ def evaluate_tokenizer(
                 break
             images = jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 4), batch["image"])
             mask = to_host(jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 1), batch["mask"]))
-            out = _tokenizer_batch(reconstruct, model, params, aux, inception_vars, images, metrics)
+            out = _tokenizer_batch(reconstruct, encode, params, aux, inception_vars, images, metrics)
             count += int(mask.sum())
             for key in ("psnr", "ssim"):
                 if key in out:

@@ -425,11 +425,12 @@ def prepare(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir:
         inception_vars, real_inception = tokenizer_eval.load_inception(evaluation.inception_weights)  # fails early
         inception_vars = jax.device_put(inception_vars, sh.replicated(mesh))
         frozen_on_mesh = jax.device_put(frozen, sh.replicated(mesh))
+        encode = functools.partial(tokenizer_lib.encode, recipe.model)
 
         def run(state: TrainState, step: int) -> dict[str, float]:
             del step
             return tokenizer_eval.evaluate_tokenizer(
-                recipe.reconstruct, recipe.model, state.ema_params, frozen_on_mesh, config.data,
+                recipe.reconstruct, encode, recipe.model, state.ema_params, frozen_on_mesh, config.data,
                 config.eval_batch_size, mesh, inception_vars, real_inception, evaluation.metrics,
                 evaluation.max_images,
             )  # fmt: skip
@@ -527,8 +528,9 @@ def evaluate_workdir(
     mesh = sh.make_mesh(**config.mesh)
     reconstruct, variables, aux, step = reconstructor(config, workdir, mesh)
     inception_vars, real = tokenizer_eval.load_inception(inception_weights)
+    model = titok_from_config(config.model)
     results = tokenizer_eval.evaluate_tokenizer(
-        reconstruct, titok_from_config(config.model), variables, aux, config.data, config.eval_batch_size, mesh,
-        inception_vars, real, metrics, max_images,
+        reconstruct, functools.partial(tokenizer_lib.encode, model), model, variables, aux, config.data,
+        config.eval_batch_size, mesh, inception_vars, real, metrics, max_images,
     )  # fmt: skip
     return results, step
