@@ -26,6 +26,7 @@ from titok_jax import checkpoint, losses, optim, recipes
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline
 from titok_jax.evaluation import tokenizer_eval
+from titok_jax.inference import restore
 from titok_jax.inference import tokenizer as tokenizer_lib
 from titok_jax.models import layer_stack, quantizers
 from titok_jax.models.discriminator import NLayerDiscriminator
@@ -478,8 +479,6 @@ def init_from_stage1(state: TrainState, config: ml_collections.ConfigDict, mesh:
     workdir = os.path.dirname(os.path.abspath(directory))
     stage1_model = titok_from_config(config.model, with_pixel_decoder=False)
     images = jax.ShapeDtypeStruct((1, *stage1_model.image_shape), jnp.float32)
-    from titok_jax.inference import restore
-
     restored = restore.restore_params(workdir, stage1_model, (images,), mesh, hint="train stage 1 there first.")
     stage1_params = restored.variables["params"]
 
