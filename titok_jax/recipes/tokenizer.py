@@ -281,7 +281,7 @@ class PixelRecipe(TokenizerRecipe):
     def discriminator_step(
         self, state: TrainState, real: jax.Array, fake: jax.Array
     ) -> tuple[TrainState, dict[str, jax.Array]]:
-        """Hinge + LeCam update of the discriminator (run from the start step on, see `gan_active`)."""
+        """Hinge + LeCam update of the discriminator (run from the start step on, see `phase`)."""
         weights = self.loss_weights
 
         def loss_fn(d_params):
