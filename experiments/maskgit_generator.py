@@ -93,7 +93,7 @@ def _shrink_for_cpu(config: ml_collections.ConfigDict) -> None:
         dtype="float32",
     )
     config.batch_size = 64
-    config.total_steps = 600
+    config.total_steps = 1800
     config.optimizer.update(learning_rate=1e-3, warmup_steps=20, end_learning_rate=1e-4)
     config.ema.decay = 0.99
     config.log_every = 25

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from train_helpers import build_recipe, restore_state, tiny_config, tiny_generator_config, write_tokenizer
 
-from titok_jax import Tokenizer, bundle, recipes
+from titok_jax import Tokenizer, recipes
 from titok_jax.data import synthetic
 from titok_jax.images import to_uint8
+from titok_jax.inference import bundle
 from titok_jax.inference.folders import detokenize, tokenize_folder
 from titok_jax.tasks.export import export as export_tokenizer
 

@@ -10,9 +10,10 @@ from helpers import RNGS, abstract_params, count_params
 from jax.sharding import PartitionSpec as P
 from train_helpers import build_recipe, restore_state, tiny_config, write_tokenizer
 
-from titok_jax import Tokenizer, bundle, optim, recipes
+from titok_jax import Tokenizer, optim, recipes
 from titok_jax import sharding as sh
 from titok_jax.data import synthetic
+from titok_jax.inference import bundle
 from titok_jax.inference import tokenizer as tokenizer_lib
 from titok_jax.models import layer_stack
 from titok_jax.models.titok import titok_from_config

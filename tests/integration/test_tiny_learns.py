@@ -124,7 +124,7 @@ def test_readme_pipeline_learns(tmp_path):
     reconstructions = [np.asarray(Image.open(tokenized_dir / "reconstructions" / f"{i:02d}.png")) for i in range(50)]
     accuracy, per_class = _shape_accuracy(reconstructions, held_out_labels, config.data.num_classes)
     print(f"tiny_vq reconstructions: shape kind judged right {accuracy:.2f} (chance 0.10), per class {per_class}")
-    assert accuracy >= 0.6  # measured 0.87 on 200 held-out images
+    assert accuracy >= 0.6  # measured 0.96 (seed 42) and 0.88 (seed 1) on these 50
 
     metadata = _run(
         "titok_jax.pretokenize",
@@ -143,7 +143,8 @@ def test_readme_pipeline_learns(tmp_path):
     baseline = _per_position_mode_accuracy(tokens_dir)
     accuracy = metrics["masked_token_accuracy"]
     print(f"tiny generator: masked-token accuracy {accuracy:.3f}; per-position mode {baseline:.3f}; chance 1/256")
-    assert accuracy > max(1.3 * baseline, 100 / 256)  # measured 0.50 against 0.30
+    # Measured (1,800 steps, two seeds, 2-core machine): 0.399 against 0.020 (seed 42), 0.409 against 0.111 (seed 1).
+    assert accuracy > max(1.3 * baseline, 0.25)
 
     summary = _run("titok_jax.sample", *generator, f"--workdir={generator_dir}", "--num_images=100")
     samples = np.load(os.path.join(summary["output_dir"], "samples.npz"))
@@ -153,5 +154,6 @@ def test_readme_pipeline_learns(tmp_path):
     # Class-conditional samples show their class's shape: the judge names most of several classes right.
     accuracy, per_class = _shape_accuracy(samples["arr_0"], samples["labels"], config.data.num_classes)
     print(f"tiny generator samples: shape kind judged right {accuracy:.2f} (chance 0.10), per class {per_class}")
-    assert accuracy >= 0.3  # measured 0.49: circle, square, plus, ring 1.0; stripes and checks not yet
-    assert sum(share >= 0.8 for share in per_class) >= 3
+    # Measured: 0.97 with all 10 classes >= 0.9 (seed 42); 0.79 with 7 classes >= 0.8 (seed 1).
+    assert accuracy >= 0.5
+    assert sum(share >= 0.8 for share in per_class) >= 4
