@@ -2,18 +2,24 @@
 
 Saves are asynchronous and atomic (orbax writes to a temporary directory and
 renames it when complete), so a kill -9 mid-save leaves the previous
-checkpoints intact and the half-written one is ignored on restart.
+checkpoints intact and the half-written one is ignored on restart. A resume reads
+the newest step that reads back whole (`restore_newest_good`); a corrupt one is
+moved aside to WORKDIR/corrupt_checkpoints/, never deleted.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 STATE = "state"
 DATA = "data"
@@ -55,12 +61,89 @@ def restore(
     iterator, when given, is restored in place.
     """
     step = manager.latest_step() if step is None else step
+    return manager.restore(step, args=_restore_args(manager, abstract_state, data_iterator, step))[STATE]
+
+
+def restore_newest_good(
+    manager: ocp.CheckpointManager,
+    abstract_state: Any,
+    data_iterator: Any | None,
+    check: Callable[[int], None],
+    verify: Callable[[Any], str | None],
+) -> Any:
+    """Restores the newest step that reads back whole; an unreadable one is moved aside, not deleted.
+
+    `check(step)` raises for a checkpoint this run must not resume (another model, another layout): that
+    stops the run, nothing is moved. A step whose files fail to read (truncated, garbage) or whose restored
+    state `verify` rejects (it returns why, e.g. non-finite parameters from flipped bits) is moved to
+    WORKDIR/corrupt_checkpoints/ with a warning, and the step before it is tried.
+    """
+    for step in sorted(manager.all_steps(), reverse=True):
+        problem = _readable_metadata(manager, step)
+        if problem is None:
+            check(step)
+            args = _restore_args(manager, abstract_state, data_iterator, step)
+            try:
+                state = manager.restore(step, args=args)[STATE]
+                problem = verify(state)
+            except Exception as err:
+                problem = _one_line(err)
+        if _agreed_ok(problem is None):
+            return state
+        aside = _move_aside(manager, step)
+        logging.warning(
+            "Checkpoint step %d is unreadable (%s); moved it to %s, trying the one before.", step, problem, aside
+        )
+    raise ValueError(
+        f"No checkpoint in {manager.directory} reads back (each was moved to corrupt_checkpoints/ beside it); "
+        "start over in a new --workdir, or restore the moved ones by hand."
+    )
+
+
+def _restore_args(manager: ocp.CheckpointManager, abstract_state: Any, data_iterator: Any | None, step: int):
     items = {STATE: ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None and DATA in manager.item_metadata(step):
         _check_data_positions(manager, step)
         items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
-    return restored[STATE]
+    return ocp.args.Composite(**items)
+
+
+def _readable_metadata(manager: ocp.CheckpointManager, step: int) -> str | None:
+    try:
+        manager.item_metadata(step)[STATE].tree  # noqa: B018 - reading it is the check
+    except Exception as err:
+        return _one_line(err)
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _agreed_ok(ok: bool) -> bool:
+    """Every process's verdict (all must read the step for anyone to use it)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
+    """Moves a step directory to WORKDIR/corrupt_checkpoints/STEP[-N] (process 0) and forgets it."""
+    source = os.path.join(os.fspath(manager.directory), str(step))
+    aside_root = os.path.join(os.path.dirname(os.fspath(manager.directory)), "corrupt_checkpoints")
+    target, n = os.path.join(aside_root, str(step)), 1
+    while os.path.exists(target):
+        target, n = os.path.join(aside_root, f"{step}-{n}"), n + 1
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"corrupt checkpoint {step}: verdicts")
+    if jax.process_index() == 0:
+        os.makedirs(aside_root, exist_ok=True)
+        os.replace(source, target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"corrupt checkpoint {step}: moved")
+    manager.reload()
+    return target
 
 
 def checkpoints_dir(workdir: str) -> str:

@@ -122,6 +122,19 @@ def lookup(config: ml_collections.ConfigDict) -> RecipeModule:
     return importlib.import_module(REGISTRY[recipe_name(config)])
 
 
+# Counts and periods every loop divides by or counts down (keep_checkpoints=0 would keep no checkpoint).
+POSITIVE_COUNTS = (
+    "batch_size",
+    "grad_accum_steps",
+    "total_steps",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "image_every",
+    "sample_every",
+)
+
+
 def validate(config: ml_collections.ConfigDict) -> RecipeModule:
     """Checks a config before anything compiles (common fields, then its recipe's own); returns its module."""
     for key in ("seed", "mesh", "model", "recipe"):
@@ -134,6 +147,9 @@ def validate(config: ml_collections.ConfigDict) -> RecipeModule:
         if not isinstance(size, int) or (size < 1 and size != -1):
             raise ValueError(f"config.mesh.{axis} must be a positive int or -1 (fill), got {size!r}.")
     validate_data_config(config.data)
+    for key in POSITIVE_COUNTS:
+        if key in config and (isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1):
+            raise ValueError(f"config.{key} must be a positive integer, got {config[key]!r}.")
     if config.batch_size % config.grad_accum_steps:
         raise ValueError(
             f"batch_size={config.batch_size} does not split into grad_accum_steps={config.grad_accum_steps} micro-batches."

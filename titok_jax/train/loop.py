@@ -3,11 +3,13 @@
 validated config -> Plan (recipe, frozen weights, data, evaluators, hooks; made by the recipe's module) ->
 abstract state -> shardings -> jitted init (+ warm start) or restore -> loop {global batch -> jitted
 train_step of the step's phase -> metrics every log_every -> image grid every grid_every -> evaluators ->
-async checkpoint} -> final save.
+async checkpoint} -> final save. Guarded: one run per workdir (lock), no non-finite state saved, SIGTERM /
+SIGINT / preemption save the current step and return, a corrupt newest checkpoint falls back to the one before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -24,6 +26,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from titok_jax import checkpoint, files, images
 from titok_jax import sharding as sh
 from titok_jax.data.device_prefetch import DevicePrefetch
+from titok_jax.train import guard, run_config, stop_signals, workdir_lock
 from titok_jax.train.state import TrainState, create_train_state
 from titok_jax.train.step import make_step_fns
 
@@ -65,7 +68,18 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) ->
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, plan: Plan) -> dict[str, float]:
-    """Trains (or resumes) `plan` in `workdir`; returns the last logged metrics."""
+    """Trains (or resumes) `plan` in `workdir`; returns the last logged metrics.
+
+    Safe to stop at any time: SIGTERM / SIGINT (one process) or a preemption notice (multi-host) finish the
+    step, save it and return; a non-finite loss, gradient norm or parameter stops the run (NonFiniteError)
+    without saving it; an unreadable newest checkpoint is moved aside and the previous one resumed.
+    """
+    lock = workdir_lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock, stop_signals.Catch() as stop:
+        return _train(config, workdir, plan, stop)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, plan: Plan, stop: stop_signals.Catch) -> dict[str, float]:
     recipe, mesh = plan.recipe, plan.mesh
     frozen = jax.device_put(plan.frozen, sh.replicated(mesh))
     # Restored (below) and checkpointed through the wrapper: it reports the position of the last batch used.
@@ -75,16 +89,37 @@ def train(config: ml_collections.ConfigDict, workdir: str, plan: Plan) -> dict[s
 
     abstract, init, shardings = create_train_state(recipe, config, mesh)
     manager = checkpoint.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints)
-    with jax.set_mesh(mesh):
-        if manager.latest_step() is not None:
-            if plan.check_resume is not None:
-                plan.check_resume(workdir, manager.latest_step())
-            logging.info("Resuming from checkpoint step %d in %s", manager.latest_step(), workdir)
-            state = checkpoint.restore(manager, abstract, train_iter)
-        else:
-            state = init()
-            if plan.warm_start is not None:
-                state = plan.warm_start(state)
+    try:
+        with jax.set_mesh(mesh):
+            state = _restore_or_init(manager, abstract, train_iter, workdir, config, plan, init)
+        return _loop(config, workdir, plan, stop, manager, state, train_iter, frozen, shardings)
+    finally:
+        manager.wait_until_finished()  # a save in flight completes before any exit
+        manager.close()
+
+
+def _restore_or_init(manager, abstract, train_iter, workdir, config, plan, init) -> TrainState:
+    if manager.latest_step() is None:
+        run_config.record(workdir, config)
+        state = init()
+        return plan.warm_start(state) if plan.warm_start is not None else state
+
+    def check(step: int) -> None:
+        if plan.check_resume is not None:
+            plan.check_resume(workdir, step)
+        run_config.check_fits(workdir, step, abstract, config)
+
+    def verify(state: TrainState) -> str | None:
+        finite = guard.all_finite({"params": state.params, "ema_params": state.ema_params})
+        return None if finite else "non-finite parameters"
+
+    state = checkpoint.restore_newest_good(manager, abstract, train_iter, check=check, verify=verify)
+    logging.info("Resumed from checkpoint step %d in %s", int(jax.device_get(state.step)), workdir)
+    return state
+
+
+def _loop(config, workdir, plan, stop, manager, state, train_iter, frozen, shardings) -> dict[str, float]:
+    recipe, mesh = plan.recipe, plan.mesh
     start_step = int(jax.device_get(state.step))
     if jax.process_index() == 0:
         logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
@@ -99,18 +134,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, plan: Plan) -> dict[s
         ]
 
     last_metrics: dict[str, float] = {}
-    metric_sums, metric_count, window_start = None, 0, time.time()
+    metric_sums, metric_count, window_start, tracker = None, 0, time.time(), None
     with jax.set_mesh(mesh):
         for step in range(start_step, config.total_steps):
             batch = next(train_iter)
             state, metrics = step_fns[recipe.phase(step)](state, batch, frozen)
-            # Sum on device; the host only syncs every log_every steps.
-            metric_sums = metrics if metric_sums is None else jax.tree.map(jnp.add, metric_sums, metrics)
-            metric_count += 1
             done = step + 1
+            # Sum and guard on device; the host only syncs every log_every steps and before saves.
+            metric_sums = metrics if metric_sums is None else jax.tree.map(jnp.add, metric_sums, metrics)
+            tracker = guard.track(guard.start(metrics) if tracker is None else tracker, metrics, done)
+            metric_count += 1
             last = done == config.total_steps
             for hook in hooks:
                 hook(done)
+            stopping = stop.requested or manager.reached_preemption(done)
+            saving = last or stopping or manager.should_save(done)
+            if done % config.log_every == 0 or last or saving:
+                guard.check(tracker, manager.latest_step(), workdir)
             if done % config.log_every == 0 or last:
                 last_metrics = {k: float(v) / metric_count for k, v in jax.device_get(metric_sums).items()}
                 elapsed = time.time() - window_start
@@ -127,13 +167,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, plan: Plan) -> dict[s
                     writer.write_scalars(done, dict(results))
                     files.write_eval_results(workdir, done, {k.removeprefix("eval/"): v for k, v in results.items()})
                     last_metrics.update(results)
-            checkpoint.save(manager, done, state, train_iter, force=last)
-            if manager.reached_preemption(done):
-                logging.warning("Preemption signal at step %d: saving and exiting.", done)
+            if saving:
+                if not guard.all_finite(state.params):
+                    guard.refuse_to_save(done, manager.latest_step(), workdir)
                 checkpoint.save(manager, done, state, train_iter, force=True)
+            if stopping:
+                manager.wait_until_finished()
+                logging.warning(
+                    "%s at step %d: saved checkpoint %d in %s; rerun the same command to resume.",
+                    stop.name or "Preemption notice",
+                    done,
+                    done,
+                    workdir,
+                )
                 break
-    manager.wait_until_finished()
-    manager.close()
     writer.flush()
     return last_metrics
 
