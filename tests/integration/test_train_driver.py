@@ -103,26 +103,22 @@ def _final_params(workdir):
     return step, restored["state"]
 
 
-@pytest.mark.slow
-def test_kill_9_then_resume_is_bit_identical(tmp_path):
-    reference_dir, resumed_dir = str(tmp_path / "reference"), str(tmp_path / "resumed")
-    reference = _run_main(reference_dir)
-    victim = _run_main(resumed_dir)
-    # Kill the second run hard as soon as its step-20 checkpoint is complete (orbax renames it into place).
+def _wait_for_checkpoint(process, workdir, step):
+    """Returns as soon as checkpoint `step` is complete (orbax renames it into place)."""
     deadline = time.time() + 400
-    while not os.path.isdir(os.path.join(resumed_dir, "checkpoints", "20")):
-        assert victim.poll() is None, victim.stderr.read().decode()[-3000:]
+    while not os.path.isdir(os.path.join(workdir, "checkpoints", str(step))):
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert not os.path.isdir(os.path.join(resumed_dir, "checkpoints", "40")), "killed too late to test a resume"
 
-    resumed = _run_main(resumed_dir)  # the same command again
-    for process in (reference, resumed):
-        _, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err.decode()[-3000:]
 
+def _finish(process):
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err.decode()[-3000:]
+    return err.decode()
+
+
+def _assert_same_final_state(reference_dir, resumed_dir):
     (step_a, state_a), (step_b, state_b) = _final_params(reference_dir), _final_params(resumed_dir)
     assert step_a == step_b == 40
     for name in ("params", "ema_params", "opt_state", "discriminator", "lecam", "codebook_usage_ema"):
@@ -132,6 +128,44 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
         state_a["params"]["params"]["decoder"]["ffn_pixels"]["kernel"],
         nn.meta.unbox(state_a["ema_params"])["params"]["decoder"]["ffn_pixels"]["kernel"],
     )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The workdir of the 40-step run below, uninterrupted (the reference of the resume tests)."""
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    _finish(_run_main(workdir))
+    return workdir
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_is_bit_identical(uninterrupted, tmp_path):
+    resumed_dir = str(tmp_path / "resumed")
+    victim = _run_main(resumed_dir)
+    _wait_for_checkpoint(victim, resumed_dir, 20)  # then kill it hard
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not os.path.isdir(os.path.join(resumed_dir, "checkpoints", "40")), "killed too late to test a resume"
+    _finish(_run_main(resumed_dir))  # the same command again
+    _assert_same_final_state(uninterrupted, resumed_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_saves_the_current_step_exits_0_and_the_rerun_is_bit_identical(uninterrupted, tmp_path, stop):
+    """A scheduler's SIGTERM or a Ctrl-C: the run finishes its step, saves it (off the save interval) and
+    exits 0; the same command resumes there."""
+    workdir = str(tmp_path / "run")
+    victim = _run_main(workdir)
+    _wait_for_checkpoint(victim, workdir, 20)
+    victim.send_signal(stop)
+    err = _finish(victim)
+    stopped = max(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+    assert 20 < stopped < 40, f"stopped at {stopped}: the signal came too late to test a resume"
+    assert f"{stop.name} at step {stopped}: saved checkpoint {stopped}" in err
+    assert not os.path.exists(os.path.join(workdir, "lock"))
+    _finish(_run_main(workdir))
+    _assert_same_final_state(uninterrupted, workdir)
 
 
 def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
