@@ -21,6 +21,12 @@ class ImageFolder:
     shares the train folder's labels); a label is the index of its class. Files are
     found recursively, case-insensitively by extension, hidden files skipped, and
     sorted, so record i is the same file on every host.
+
+    Symbolic links are followed, but never in a loop: a folder is walked once (a link back to
+    the root, to a class folder or to a folder already walked is skipped) and a file is listed
+    once (by its real path; a link to a file already listed is skipped, so the first class
+    folder, in class order, that holds it gives its label). A file's label is the class folder
+    under the root that it was found in, whatever a link points at.
     """
 
     def __init__(self, root: str | os.PathLike, class_names: Sequence[str] | None = None):
@@ -42,11 +48,14 @@ class ImageFolder:
             )
         self._paths: list[str] = []
         self._labels: list[int] = []
-        for label, name in enumerate(self.class_names):
-            class_dir = os.path.join(self.root, name)
+        class_dirs = [os.path.join(self.root, name) for name in self.class_names]
+        # Every class folder belongs to its own class: a link from one class into another (or back up to the
+        # root) is not walked again, so each image keeps the label of the class folder it sits in.
+        walk = _ImageWalk(self.root, reserved_dirs=[d for d in class_dirs if os.path.isdir(d)])
+        for label, class_dir in enumerate(class_dirs):
             if not os.path.isdir(class_dir):
                 continue  # an eval folder may hold a subset of the classes
-            files = image_files(class_dir)
+            files = walk.files(class_dir)
             self._paths.extend(files)
             self._labels.extend([label] * len(files))
         if not self._paths:
@@ -77,15 +86,94 @@ def list_class_names(root: str) -> list[str]:
 
 
 def image_files(folder: str) -> list[str]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        files.extend(
-            os.path.join(dirpath, f)
-            for f in filenames
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
-        )
-    return sorted(files)
+    """Sorted paths (as reached from `folder`) of the images under it; links followed, each file once."""
+    return _ImageWalk(folder).files(folder)
+
+
+DirKey = tuple[int, int]  # (st_dev, st_ino): one folder however it is reached, bind mounts included
+
+
+def _dir_key(path: str) -> DirKey | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _is_ancestor_or_self(path: str, of: str) -> bool:
+    return os.path.commonpath([path, of]) == path
+
+
+def _sorted_entries(folder: str) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError:
+        return []  # as os.walk did: an unreadable folder is skipped
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:
+        return False
+
+
+def _is_image(entry: os.DirEntry) -> bool:
+    return entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file()
+
+
+class _ImageWalk:
+    """Walks folders below `root` following links, remembering what it saw so that no folder or file
+    comes twice across calls to `files`: a link loop would otherwise repeat files until the path grows
+    too long, and a link into another class folder would give its images the wrong label.
+
+    `reserved_dirs` (e.g. the class folders) are walked only when named to `files`, never when reached
+    through a link; nor is any folder that holds `root` (a link to `..` or `/`).
+    """
+
+    def __init__(self, root: str, reserved_dirs: Sequence[str] = ()):
+        self._real_root = os.path.realpath(root)
+        self._seen_dirs: set[DirKey] = set()
+        for folder in (root, *reserved_dirs):
+            if (key := _dir_key(folder)) is not None:
+                self._seen_dirs.add(key)
+        self._listed_files: set[str] = set()  # real paths; hard links stay distinct files, as before
+
+    def files(self, folder: str) -> list[str]:
+        found: list[tuple[str, str]] = []  # (path as reached from `folder`, real path)
+        pending = [(folder, os.path.realpath(folder))]
+        while pending:
+            path, real = pending.pop()
+            subfolders = []
+            for entry in _sorted_entries(path):
+                if entry.name.startswith("."):
+                    continue
+                child_real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
+                if _is_folder(entry):
+                    if self._enter(entry.path, child_real):
+                        subfolders.append((entry.path, child_real))
+                elif _is_image(entry):
+                    found.append((entry.path, child_real))
+            pending.extend(reversed(subfolders))  # depth first in name order: the same walk on every host
+        return self._new_files(sorted(found))
+
+    def _enter(self, path: str, real: str) -> bool:
+        """Whether to walk a subfolder: not one seen before, nor one that holds the root."""
+        key = _dir_key(path)
+        if key is None or key in self._seen_dirs or _is_ancestor_or_self(real, self._real_root):
+            return False
+        self._seen_dirs.add(key)
+        return True
+
+    def _new_files(self, found: list[tuple[str, str]]) -> list[str]:
+        paths = []
+        for path, real in found:
+            if real not in self._listed_files:
+                self._listed_files.add(real)
+                paths.append(path)
+        return paths
 
 
 _TFDS_HELP = (

@@ -15,7 +15,7 @@ from PIL import Image
 
 from titok_jax.data import pipeline, transforms
 from titok_jax.data.device_prefetch import DevicePrefetch
-from titok_jax.data.sources import ImageFolder, tfds_source
+from titok_jax.data.sources import ImageFolder, image_files, tfds_source
 from titok_jax.data.synthetic import SHAPE_KINDS, SyntheticShapes, centered_templates, nearest_template_labels
 
 
@@ -176,6 +176,63 @@ def test_image_folder_lists_classes_and_images(image_folder, tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"empty.*has no images"):
         ImageFolder(tmp_path / "empty")
+
+
+def _two_classes(root):
+    """root/class_a/a0..a4.png and root/class_b/b0..b4.png (tiny empty files: listing never decodes)."""
+    for name in ("a", "b"):
+        (root / f"class_{name}").mkdir(parents=True)
+        for i in range(5):
+            (root / f"class_{name}" / f"{name}{i}.png").write_bytes(b"")
+    return root
+
+
+def _listing(source, root):
+    return [(os.path.relpath(record["path"], root), source.class_names[record["label"]]) for record in source]
+
+
+def test_image_folder_follows_link_loops_once_with_the_right_labels(tmp_path):
+    root = _two_classes(tmp_path / "images")
+    (root / "class_a" / "loop").symlink_to("..")  # back to the root: once gave 410 records, class_b's as 'a'
+    (root / "class_a" / "self").symlink_to(".")
+    (root / "class_b" / "sub").mkdir()
+    (root / "class_b" / "sub" / "up").symlink_to(root)  # absolute link to the root
+    (root / "class_b" / "sub" / "parent").symlink_to("..")  # to its own class folder
+    source = ImageFolder(root)
+    assert len(source) == 10
+    assert _listing(source, root) == [(f"class_{c}/{c}{i}.png", f"class_{c}") for c in "ab" for i in range(5)]
+    assert [source[i]["label"] for i in range(10)] == [0] * 5 + [1] * 5
+    assert len(image_files(str(root))) == 10  # `tokenize --images` lists folders the same way
+    (root / "class_b" / "sub" / "root_of_all").symlink_to("/")  # a folder that holds the root is never walked
+    assert len(ImageFolder(root)) == 10
+
+
+def test_image_folder_takes_class_folders_linked_from_outside(tmp_path):
+    root = _two_classes(tmp_path / "images")
+    outside = tmp_path / "elsewhere" / "cats"
+    outside.mkdir(parents=True)
+    for i in range(3):
+        (outside / f"c{i}.jpg").write_bytes(b"")
+    (outside / "loop").symlink_to(outside)
+    (root / "class_c").symlink_to(outside, target_is_directory=True)
+    source = ImageFolder(root)
+    assert source.class_names == ("class_a", "class_b", "class_c")
+    assert len(source) == 13
+    assert _listing(source, root)[10:] == [(f"class_c/c{i}.jpg", "class_c") for i in range(3)]
+
+
+def test_image_folder_lists_a_linked_file_once_and_keeps_hard_links(tmp_path):
+    root = _two_classes(tmp_path / "images")
+    (root / "class_a" / "same_as_a0.png").symlink_to("a0.png")
+    (root / "class_b" / "borrowed.png").symlink_to(root / "class_a" / "a1.png")  # counted in class_a, first
+    source = ImageFolder(root)
+    assert len(source) == 10
+    assert "class_a/same_as_a0.png" not in dict(_listing(source, root))
+    assert "class_b/borrowed.png" not in dict(_listing(source, root))
+    # A hard link is a second directory entry, not a link to follow: it stays a record, as it always was.
+    os.link(root / "class_a" / "a2.png", root / "class_b" / "hard.png")
+    assert ("class_b/hard.png", "class_b") in _listing(ImageFolder(root), root)
+    assert len(ImageFolder(root)) == 11
 
 
 def test_every_image_decodes_to_rgb_or_is_skipped_and_counted(image_folder):
