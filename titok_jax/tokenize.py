@@ -8,6 +8,10 @@ r"""Turn a folder of images into tokens, and tokens back into images (to eyeball
 Images (searched recursively) are resized (shorter side, bicubic) and center-cropped to the
 tokenizer's size, the evaluation preprocessing. `grid.png` pairs originals and reconstructions
 (first 32). A file that is not a readable image stops the run with its name.
+
+With --tokens, the names in the file's 'files' array must be relative paths inside OUT ('im0.png',
+'sub/im0.png'); an absolute name or one with '..' (or a '.'/empty part, or a backslash) is refused
+before anything is written, so a tokens.npz from elsewhere cannot choose where files go.
 """
 
 from __future__ import annotations

@@ -47,7 +47,36 @@ def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
+def safe_relative_name(name: str) -> bool:
+    """Whether `name` is a relative path of plain parts ('im0.png', 'sub/im0.png' as `tokenize_folder`
+    records nested folders), so that joining it to a folder stays inside that folder: no absolute path,
+    no '..', no '.' or empty part, no backslash (a separator on Windows) or NUL."""
+    if not name or name.startswith("/") or "\\" in name or "\0" in name:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _checked_names(names: np.ndarray, num_images: int, tokens_file: str) -> list[str]:
+    """The 'files' entries of a tokens.npz, refused (before anything is decoded or written) where one would
+    choose a place outside the output folder: the names come from a data file, which may not be ours."""
+    if names.ndim != 1 or len(names) != num_images:
+        raise ValueError(
+            f"{tokens_file!r} has 'files' of shape {names.shape} for {num_images} token rows; expected one name "
+            "per row. Fix the file or drop its 'files' array (names then are 000000.png, 000001.png, ...)."
+        )
+    checked = [str(name) for name in names]
+    for index, name in enumerate(checked):
+        if not safe_relative_name(name):
+            raise ValueError(
+                f"{tokens_file!r} entry {index} of 'files' is {name!r}, which would be written outside the output "
+                "folder or has no file name; names must be relative paths without '..', '.', empty parts or "
+                "backslashes (e.g. 'im0.png' or 'sub/im0.png'). Fix the names or drop the 'files' array."
+            )
+    return checked
+
+
 def _write_images(output: str, names: Sequence[str], images: np.ndarray, originals: np.ndarray | None) -> None:
+    """`names` are relative paths already known to stay inside `output` (file-system listings or checked)."""
     folder = os.path.join(output, "reconstructions")
     for name, image in zip(names, images, strict=True):
         path = os.path.join(folder, os.path.splitext(name)[0] + ".png")
@@ -74,13 +103,23 @@ def tokenize_folder(tokenizer: Tokenizer, images_dir: str, output: str, batch_si
 
 
 def detokenize(tokenizer: Tokenizer, tokens_file: str, output: str, batch_size: int = 64) -> dict[str, Any]:
+    """tokens.npz -> output/reconstructions/<name>.png + output/grid.png.
+
+    The names come from the file's 'files' array (else 000000.png, ...). A name is a relative path
+    inside the output folder ('im0.png', 'sub/im0.png'); one that is absolute, holds '..', a '.' or
+    empty part, or a backslash is refused with a ValueError before anything is decoded or written,
+    rather than rewritten, so that no file lands where the data file, not the user, chose.
+    """
     if not os.path.isfile(tokens_file):
         raise FileNotFoundError(f"--tokens={tokens_file!r} does not exist (a tokens.npz from --images).")
     with np.load(tokens_file) as data:
         if "tokens" not in data:
             raise ValueError(f"{tokens_file!r} has no 'tokens' array (expected a tokens.npz from --images).")
         tokens = data["tokens"]
-        names = list(data["files"]) if "files" in data else [f"{i:06d}.png" for i in range(len(tokens))]
+        if "files" in data:
+            names = _checked_names(data["files"], len(tokens), tokens_file)
+        else:
+            names = [f"{i:06d}.png" for i in range(len(tokens))]
     recon = np.concatenate([tokenizer.decode(tokens[s]) for s in _batches(len(tokens), batch_size)])
-    _write_images(output, [str(n) for n in names], to_uint8(recon), None)
+    _write_images(output, names, to_uint8(recon), None)
     return {"images": len(tokens), "output": output}
