@@ -55,19 +55,27 @@ def logged(workdir: str, tag: str) -> dict[int, float]:
 
 
 def run_two_processes(workdir: str, total_steps: int) -> None:
+    finish(start_two_processes(workdir, total_steps))
+
+
+def start_two_processes(workdir: str, total_steps: int) -> list[subprocess.Popen]:
     options = local.LocalOptions(
         num_processes=2, devices_per_process=2, coordinator_port=unused_port(), python=sys.executable, timeout_s=120
     )
     overrides = {**RUN, "total_steps": total_steps}
     args = [f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]
     env = {**os.environ, "PYTHONPATH": REPO}
-    processes = [
+    return [
         subprocess.Popen(argv, env={**env, **extra}, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for extra, argv in local.commands(options, args)
     ]
+
+
+def finish(processes: list[subprocess.Popen]) -> list[str]:
     outputs = [p.communicate(timeout=400)[0].decode() for p in processes]
     for index, (process, output) in enumerate(zip(processes, outputs, strict=True)):
         assert process.returncode == 0, f"process {index} failed:\n{output[-6000:]}"
+    return outputs
 
 
 def reference_run(config, num_steps: int):
@@ -131,6 +139,27 @@ def test_two_processes_train_resume_and_restore_on_another_mesh(tmp_path):
     with pytest.raises(ValueError, match=r"data positions of a run of 2 process\(es\).*this run has 1"):
         recipes.train(config, workdir)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # nothing written or lost
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_saves_one_step_everywhere_and_both_exit_0(tmp_path):
+    """jax.distributed's preemption notice: SIGTERM on process 0 makes both processes save the same step once
+    (before: both exited 1 with StepAlreadyExistsError, the step saved twice)."""
+    workdir = str(tmp_path / "run")
+    processes = start_two_processes(workdir, total_steps=10_000)
+    deadline = time.time() + 400
+    while not os.path.isdir(os.path.join(workdir, "checkpoints", "2")):
+        assert all(p.poll() is None for p in processes), finish(processes)
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    processes[0].terminate()  # SIGTERM
+    outputs = finish(processes)
+    steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+    assert 2 < steps[-1] < 10_000
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", str(steps[-1]), "data")))[1:] == [
+        "process_0-of-2.json", "process_1-of-2.json",
+    ]  # fmt: skip
+    assert all(f"Preemption notice at step {steps[-1]}" in output for output in outputs)
 
 
 def test_launcher_stops_the_other_processes_when_one_fails(tmp_path, monkeypatch):

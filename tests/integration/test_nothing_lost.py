@@ -15,7 +15,7 @@ from train_helpers import build_recipe, tiny_config
 
 from titok_jax import checkpoint, recipes
 from titok_jax import sharding as sh
-from titok_jax.train import guard, workdir_lock
+from titok_jax.train import guard, loop, workdir_lock
 from titok_jax.train.state import create_train_state
 
 
@@ -146,3 +146,24 @@ def test_logging_and_evaluating_every_step_runs_200_steps(tmp_path):
     metrics = recipes.train(config, str(tmp_path))
     assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["eval/ema_reconstruction_mse"])
     assert _steps(str(tmp_path)) == [1, 100, 200]
+
+
+def test_the_in_loop_held_out_mse_leaves_out_padding(tmp_path):
+    """5 held-out images in a batch of 8: the 3 black padding images must not enter eval/*_mse."""
+    config = tiny_config(**{"data.eval_num_examples": 5})
+    recipe, frozen = build_recipe(config)
+    mesh = sh.make_mesh(**config.mesh)
+    grid = recipes.lookup(config).make_data(config)[1]
+    assert grid["mask"].tolist() == [True] * 5 + [False] * 3
+    _, init, _ = create_train_state(recipe, config, mesh)
+    with jax.set_mesh(mesh):
+        state = init()
+        scalars, _ = loop.evaluate(state, loop.global_batch(grid, mesh), frozen, recipe)
+    real = grid["image"][:5]
+    reconstructions = np.asarray(jax.jit(recipe.reconstruct)(jax.device_get(state.ema_params), real, frozen))
+    expected = float(np.mean(np.square(reconstructions - real)))
+    padded_mean = float(np.mean(np.square(np.asarray(jax.jit(recipe.reconstruct)(
+        jax.device_get(state.ema_params), grid["image"], frozen)) - grid["image"])))  # fmt: skip
+    print(f"held-out MSE over the 5 real images {expected:.5f}; over all 8 {padded_mean:.5f}")
+    np.testing.assert_allclose(float(scalars["ema_reconstruction_mse"]), expected, rtol=1e-4)
+    assert abs(padded_mean - expected) > 0.01 * expected  # the padding would have moved it

@@ -141,12 +141,15 @@ class TokenizerRecipe:
     def evaluate(
         self, state: TrainState, eval_batch: dict[str, jax.Array], frozen: dict[str, Any]
     ) -> tuple[dict[str, jax.Array], jax.Array]:
-        """Held-out reconstruction MSE of params and EMA params, and grid rows (originals, EMA reconstructions)."""
+        """Held-out reconstruction MSE of params and EMA params over the real images of the batch (its
+        `mask`, when it has one), and grid rows (originals, EMA reconstructions)."""
         images = eval_batch["image"]
+        weights = eval_batch["mask"].astype(jnp.float32) if "mask" in eval_batch else jnp.ones(images.shape[0])
         scalars = {}
         for name, params in (("params", state.params), ("ema", state.ema_params)):
             reconstructions = self.reconstruct(params, images, frozen)
-            scalars[f"{name}_reconstruction_mse"] = jnp.mean(jnp.square(reconstructions - images))
+            per_image = jnp.mean(jnp.square(reconstructions - images), axis=tuple(range(1, images.ndim)))
+            scalars[f"{name}_reconstruction_mse"] = jnp.sum(per_image * weights) / jnp.maximum(jnp.sum(weights), 1)
         return scalars, jnp.stack([images[:8], reconstructions[:8]])
 
 
@@ -413,7 +416,9 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, np.ndar
     """-> (this process's train iterator, its part of the held-out grid batch)."""
     train_iter = pipeline.make_train_iterator(config.data, config.batch_size, seed=config.seed)
     eval_batch = next(iter(pipeline.make_eval_iterator(config.data, config.eval_batch_size)))
-    return train_iter, {"image": eval_batch["image"]}
+    # The mask rides along: padding (an eval split smaller than the batch) and undecodable images stay out
+    # of the held-out MSE.
+    return train_iter, {"image": eval_batch["image"], "mask": eval_batch["mask"]}
 
 
 def prepare(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str) -> Plan:

@@ -30,8 +30,8 @@ from titok_jax.train import guard, run_config, stop_signals, workdir_lock
 from titok_jax.train.state import TrainState, create_train_state
 from titok_jax.train.step import make_step_fns
 
-# What a step or an evaluation reads from a batch (eval batches also carry e.g. "mask").
-BATCH_KEYS = ("image", "label", "tokens")
+# What a step or an evaluation reads from a batch ("mask": False on padding and undecodable images).
+BATCH_KEYS = ("image", "label", "tokens", "mask")
 
 
 @dataclasses.dataclass(frozen=True)
