@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 from absl import logging
 
@@ -27,7 +28,11 @@ class Options:
 
 
 def run(config, options: Options) -> dict[str, float]:
-    metrics = recipes.train(config, options.workdir)
+    try:
+        metrics = recipes.train(config, options.workdir)
+    except recipes.stop_reasons() as err:  # the message says it all: one line, exit 1
+        logging.error("%s", err)
+        sys.exit(1)
     logging.info("Final metrics: %s", metrics)
     return metrics
 

@@ -159,6 +159,13 @@ def validate(config: ml_collections.ConfigDict) -> RecipeModule:
     return module
 
 
+def stop_reasons() -> tuple[type[Exception], ...]:
+    """The errors that end a run for a reason their one-line message names (divergence, a workdir in use)."""
+    from titok_jax.train import guard, workdir_lock
+
+    return guard.NonFiniteError, workdir_lock.WorkdirLocked
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Validates `config`, prepares its recipe and runs the driver loop in `workdir`; returns the last metrics."""
     from titok_jax.train import loop
