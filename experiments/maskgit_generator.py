@@ -4,6 +4,8 @@
   --config=experiments/maskgit_generator.py:b64   ViT (BERT) 177M over TiTok-B-64 tokens
   --config=experiments/maskgit_generator.py:s128  UViT 295M over TiTok-S-128 tokens
   --config=experiments/maskgit_generator.py:tiny  CPU-sized, over the tiny_vq tokenizer's tokens
+  --config=experiments/maskgit_generator.py:tiny,tokenizer=tiny_fsq   over another titok_single_stage.py
+      variant's tokens (tiny_fsq, tiny_lfq, bl64_fsq12, ...): the vocabulary follows its quantizer
 
 Set --config.tokenizer.workdir to the tokenizer's training workdir and --config.tokens_dir to
 its pretokenized shards (`python -m titok_jax.pretokenize`); an empty tokens_dir tokenizes
@@ -35,8 +37,10 @@ ARCHITECTURE_FIELDS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = configs.parse_arg(arg, VARIANTS, variant="l32")
+    arg = configs.parse_arg(arg, VARIANTS, variant="l32", tokenizer="")
     architecture, tokenizer_spec, (num_steps, guidance, temperature, schedule) = VARIANTS[arg.variant]
+    if arg.tokenizer:
+        tokenizer_spec = f"titok_single_stage.py:{arg.tokenizer}"
     tokenizer = configs.load_config(os.path.join(_HERE, tokenizer_spec))
     config = defaults.common_config()
     config.recipe = "maskgit"

@@ -1,10 +1,14 @@
-"""TiTok single-stage recipe: the newer VQ (8k x 64) and VAE (16 channel) tokenizers.
+"""TiTok single-stage recipe: the newer VQ (8k x 64) and VAE (16 channel) tokenizers, and the lookup-free
+quantizers (FSQ levels of the paper's table; LFQ and BSQ bits with MaskBit's / BSQ-ViT's entropy penalty).
 
 The decoder predicts pixels directly (no proxy codes, no VQGAN).
 
   --config=experiments/titok_single_stage.py:bl64_vq
   --config=experiments/titok_single_stage.py:ll32_vae
-  --config=experiments/titok_single_stage.py:tiny_vq
+  --config=experiments/titok_single_stage.py:bl64_fsq12   (FSQ 7x5x5x5x5 = 4,375 codes; fsq16: 64,000)
+  --config=experiments/titok_single_stage.py:bl64_lfq12   (LFQ 12 bits = 4,096 codes; lfq16: 65,536)
+  --config=experiments/titok_single_stage.py:bl64_bsq16   (BSQ 16 bits in groups of 8)
+  --config=experiments/titok_single_stage.py:tiny_vq      (also tiny_vae, tiny_fsq, tiny_lfq, tiny_bsq)
 
 Sweep (python -m launch.sweep --config=experiments/titok_single_stage.py:tiny_vq --root=DIR):
 both tiny quantizers x two learning rates, and two seeds zipped with two batch sizes.
@@ -16,22 +20,32 @@ from titok_jax import configs, sweeps
 from titok_jax.models import titok
 from titok_jax.recipes import defaults
 
-# variant -> (encoder size, decoder size, num_latent_tokens, quantize_mode)
+# variant -> (encoder size, decoder size, num_latent_tokens, quantize_mode, bits of a lookup-free quantizer)
 VARIANTS = {
-    "bl64_vq": ("base", "large", 64, "vq"),
-    "bl128_vq": ("base", "large", 128, "vq"),
-    "sl256_vq": ("small", "large", 256, "vq"),
-    "ll32_vae": ("large", "large", 32, "vae"),
-    "bl64_vae": ("base", "large", 64, "vae"),
-    "bl128_vae": ("base", "large", 128, "vae"),
-    "tiny_vq": (None, None, 16, "vq"),
-    "tiny_vae": (None, None, 16, "vae"),
+    "bl64_vq": ("base", "large", 64, "vq", 0),
+    "bl128_vq": ("base", "large", 128, "vq", 0),
+    "sl256_vq": ("small", "large", 256, "vq", 0),
+    "ll32_vae": ("large", "large", 32, "vae", 0),
+    "bl64_vae": ("base", "large", 64, "vae", 0),
+    "bl128_vae": ("base", "large", 128, "vae", 0),
+    "bl64_fsq12": ("base", "large", 64, "fsq", 12),
+    "bl64_fsq16": ("base", "large", 64, "fsq", 16),
+    "bl64_lfq12": ("base", "large", 64, "lfq", 12),
+    "bl64_lfq16": ("base", "large", 64, "lfq", 16),
+    "bl64_bsq16": ("base", "large", 64, "bsq", 16),
+    "tiny_vq": (None, None, 16, "vq", 0),
+    "tiny_vae": (None, None, 16, "vae", 0),
+    "tiny_fsq": (None, None, 16, "fsq", 8),
+    "tiny_lfq": (None, None, 16, "lfq", 8),
+    "tiny_bsq": (None, None, 16, "bsq", 8),
 }
+# BSQ's entropy groups (BSQ-ViT: 2**g sub-codes per group).
+BSQ_GROUP_BITS = {16: 8, 8: 4}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = configs.parse_arg(arg, VARIANTS, variant="bl64_vq")
-    encoder_size, decoder_size, num_tokens, quantize_mode = VARIANTS[arg.variant]
+    encoder_size, decoder_size, num_tokens, quantize_mode, bits = VARIANTS[arg.variant]
     config = defaults.base_config()
     config.recipe = "single_stage"
     config.variant = arg.variant
@@ -54,6 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         use_l2_norm=False,
         commitment_cost=0.25,
         clustering_vq=quantize_mode == "vq",  # official: revive dead codes onto batch latents
+        fsq_levels=(),
+        bsq_group_size=0,
+        entropy_temperature=0.01,
         legacy_two_stage=False,
         with_pixel_decoder=False,
         dtype="float32",
@@ -70,6 +87,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # A random 3 -> 3 last conv makes the tiny decoder learn colour directions one at a time (grey-yellow
         # blobs for 2000 steps); starting it at identity lets the run go on to shapes (models.layers.pixel_conv_init).
         model.update(pixel_conv_init="identity")
+    if bits:  # token_size and codebook_size follow from the quantizer
+        model.update(titok.quantizer_fields(quantize_mode, bits, BSQ_GROUP_BITS.get(bits, 0)))
+        model["commitment_cost"] = {"fsq": 0.0, "lfq": 0.25, "bsq": 0.0}[quantize_mode]
+        # MaskBit: entropy 0.02 (x3 annealed to x1 over 2k steps); BSQ-ViT: 0.1 with the same ramp.
+        config.losses.entropy_weight = {"fsq": 0.0, "lfq": 0.02, "bsq": 0.1}[quantize_mode]
     config.model = ml_collections.ConfigDict(model)
     # L2 + (LPIPS + 0.1 ConvNeXt) perceptual + quantizer / KL + GAN 0.1 from 200k steps.
     config.discriminator.enabled = True

@@ -124,6 +124,12 @@ class LossWeights:
     lecam_ema_decay: float = 0.999
     kl_weight: float = 1e-6
     logvar_init: float = 0.0  # VAE only: the reconstruction term is divided by exp(logvar_init)
+    # LFQ / BSQ entropy penalty (MaskBit): entropy_weight * (H_sample - entropy_batch_weight * H_codebook),
+    # annealed from (1 + entropy_anneal_factor)x at step 0 down to 1x at entropy_anneal_steps.
+    entropy_weight: float = 0.0
+    entropy_batch_weight: float = 1.0
+    entropy_anneal_steps: int = 2000
+    entropy_anneal_factor: float = 2.0
 
     @classmethod
     def from_config(
@@ -165,6 +171,21 @@ SINGLE_STAGE_LOSS_WEIGHTS = LossWeights(
 )
 
 
+def entropy_weight_at(step: jax.Array | int, weights: LossWeights) -> jax.Array:
+    """MaskBit's annealed entropy weight: (1 + factor * max(0, 1 - step / anneal_steps)) * entropy_weight."""
+    ramp = jnp.maximum(0.0, 1.0 - jnp.asarray(step, jnp.float32) / max(weights.entropy_anneal_steps, 1))
+    return _f32(weights.entropy_weight) * (1.0 + weights.entropy_anneal_factor * ramp)
+
+
+def entropy_penalty(
+    aux: Mapping[str, jax.Array], step: jax.Array | int, weights: LossWeights
+) -> tuple[jax.Array, Metrics]:
+    """LFQ / BSQ: low entropy per token (confident codes), high entropy of the batch's average (all codes used)."""
+    sample, codebook = _f32(aux["per_sample_entropy"]), _f32(aux["codebook_entropy"])
+    penalty = entropy_weight_at(step, weights) * (sample - weights.entropy_batch_weight * codebook)
+    return penalty, {"entropy_loss": penalty, "per_sample_entropy": sample, "codebook_entropy": codebook}
+
+
 def single_stage_generator_loss(
     reconstruction_loss: jax.Array,
     perceptual_loss: jax.Array,
@@ -183,8 +204,8 @@ def single_stage_generator_loss(
     generator_adversarial: generator_adversarial_loss(D(reconstructions)), or None when D was not run;
       it counts only when discriminator_factor(step) > 0 and discriminator_weight > 0.
     """
-    if quantize_mode not in ("vq", "vae"):
-        raise ValueError(f"quantize_mode must be 'vq' or 'vae', got {quantize_mode!r}.")
+    if quantize_mode not in ("vq", "vae", "fsq", "lfq", "bsq"):
+        raise ValueError(f"quantize_mode must be one of vq, vae, fsq, lfq, bsq; got {quantize_mode!r}.")
     factor = discriminator_factor(step, weights.discriminator_start, weights.discriminator_factor)
     gan = _f32(0.0) if generator_adversarial is None else _f32(generator_adversarial)
     gan = jnp.where((factor > 0.0) & (weights.discriminator_weight > 0.0), gan, 0.0)
@@ -192,11 +213,15 @@ def single_stage_generator_loss(
     reconstruction = weights.reconstruction_weight * _f32(reconstruction_loss)
     perceptual = weights.perceptual_weight * _f32(perceptual_loss)
     metrics: Metrics = {}
-    if quantize_mode == "vq":
+    if quantize_mode != "vae":
         regulariser = weights.quantizer_weight * _f32(quantizer_aux["quantizer_loss"])
         metrics["quantizer_loss"] = regulariser
         metrics["commitment_loss"] = _f32(quantizer_aux["commitment_loss"])
         metrics["codebook_loss"] = _f32(quantizer_aux["codebook_loss"])
+        if "per_sample_entropy" in quantizer_aux:
+            entropy, entropy_metrics = entropy_penalty(quantizer_aux, step, weights)
+            regulariser = regulariser + entropy
+            metrics.update(entropy_metrics)
     else:
         reconstruction = reconstruction / jnp.exp(_f32(weights.logvar_init))
         regulariser = weights.kl_weight * kl_loss(quantizer_aux["kl"])

@@ -129,6 +129,11 @@ def _size_name(width: int, depth: int, heads: int) -> str | None:
 
 def hub_config_from_fields(model: TiTok, allow_custom_sizes: bool = False) -> dict[str, Any]:
     """The official config.json tree for `model` (inverse of fields_from_hub_config)."""
+    if model.quantize_mode not in ("vq", "vae"):
+        raise ValueError(
+            f"The official TiTok layout has VQ and VAE tokenizers only, not quantize_mode={model.quantize_mode!r}: "
+            "export it as a titok_jax bundle (--format=bundle, the default)."
+        )
     vq: dict[str, Any] = {}
     if model.quantize_mode == "vq":
         vq.update(

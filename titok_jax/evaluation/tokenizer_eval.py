@@ -104,7 +104,7 @@ def evaluate_tokenizer(
     if unknown:
         raise ValueError(f"Unknown metrics {unknown}; valid: {', '.join(METRICS)}.")
     metrics = tuple(m for m in METRICS if m in metrics)
-    if "codebook" in metrics and model.quantize_mode != "vq":
+    if "codebook" in metrics and model.quantize_mode == "vae":
         metrics = tuple(m for m in metrics if m != "codebook")  # a VAE has no codes
     real, fake = RunningStatistics(inception.POOL_FEATURES), RunningStatistics(inception.POOL_FEATURES)
     logits, code_counts, sums, count = [], None, {"psnr": 0.0, "ssim": 0.0}, 0

@@ -101,7 +101,7 @@ class Generator:
         metadata: dict[str, Any] | None = None,
         mesh: jax.sharding.Mesh | None = None,
     ) -> None:
-        if tokenizer.model.quantize_mode != "vq" or tokenizer.model.codebook_size != model.codebook_size:
+        if tokenizer.model.quantize_mode == "vae" or tokenizer.model.codebook_size != model.codebook_size:
             raise ValueError(
                 f"Generator {source!r} models {model.codebook_size} codes x {model.num_tokens} tokens, but tokenizer "
                 f"{tokenizer.source!r} has {tokenizer.codebook_size} codes: pass the tokenizer it was trained on."

@@ -93,8 +93,8 @@ def pretokenize(
         raise ValueError(f"Unknown augmentation {augmentation!r}; valid: {', '.join(AUGMENTATIONS)}.")
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-    if tokenizer_lib.model_of(tokenizer_dir, config).quantize_mode != "vq":  # before reading any weights
-        raise ValueError(f"A token generator needs a VQ tokenizer (discrete codes); {tokenizer_dir!r} is a VAE.")
+    if tokenizer_lib.model_of(tokenizer_dir, config).quantize_mode == "vae":  # before reading any weights
+        raise ValueError(f"A token generator needs a tokenizer of discrete codes; {tokenizer_dir!r} is a VAE.")
     tokenizer = Tokenizer.load(tokenizer_dir, config=config)
     identity = tokenizer.identity()
     source = pipeline.make_source(config.data, train=split == "train")

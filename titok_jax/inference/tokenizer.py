@@ -43,9 +43,10 @@ IDENTITY_KEYS = ("num_tokens", "codebook_size", "codebook_sha256")
 
 @functools.partial(jax.jit, static_argnames="model")
 def encode(model: TiTok, variables: Any, images: jax.Array) -> jax.Array:
-    """images (B, H, W, 3) in [0, 1] -> int32 code ids (B, K) (VQ) or posterior means (B, K, C) (VAE)."""
+    """images (B, H, W, 3) in [0, 1] -> int32 code ids (B, K) (VQ, FSQ, LFQ, BSQ) or posterior means (B, K, C)
+    (VAE)."""
     latents, info = model.apply(variables, images, sample_posterior=False, method=TiTok.encode)
-    return info["indices"].astype(jnp.int32) if model.quantize_mode == "vq" else latents
+    return latents if model.quantize_mode == "vae" else info["indices"].astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames="model")
@@ -189,13 +190,17 @@ class Tokenizer:
         if self.model.quantize_mode == "vq":
             codebook = np.asarray(jax.device_get(self.variables["params"]["quantize"]["codebook"]), np.float32)
             identity["codebook_sha256"] = hashlib.sha256(codebook.tobytes()).hexdigest()
+        elif self.model.quantize_mode != "vae":  # lookup-free: the quantizer's fields are its codebook
+            described = f"{self.model.quantize_mode}:{tuple(self.model.fsq_levels)}:{self.model.token_size}"
+            identity["codebook_sha256"] = hashlib.sha256(described.encode()).hexdigest()
         return identity
 
     def host_variables(self) -> Any:
         return sh.to_host(self.variables)
 
     def __repr__(self) -> str:
-        kind = f"VQ {self.model.codebook_size} codes" if self.model.quantize_mode == "vq" else "VAE"
+        mode = self.model.quantize_mode
+        kind = "VAE" if mode == "vae" else f"{mode.upper()} {self.model.codebook_size} codes"
         return f"Tokenizer({self.source!r}: {self.image_size} px -> {self.num_tokens} tokens, {kind})"
 
     # ---- properties -----------------------------------------------------------------
@@ -209,7 +214,7 @@ class Tokenizer:
 
     @property
     def codebook_size(self) -> int | None:
-        return self.model.codebook_size if self.model.quantize_mode == "vq" else None
+        return None if self.model.quantize_mode == "vae" else self.model.codebook_size
 
     # ---- encode / decode ------------------------------------------------------------
     def _sharded(self, batch: np.ndarray) -> tuple[jax.Array, int]:
@@ -255,7 +260,7 @@ class Tokenizer:
                 "pixels. Decode with the stage-2 weights (trained with the pixel decoder; finetune_decoder=true)."
             )
         tokens = np.asarray(tokens)
-        if self.model.quantize_mode == "vq":
+        if self.model.quantize_mode != "vae":
             if tokens.ndim == 3 and tokens.shape[1] == 1:
                 tokens = tokens[:, 0]  # the official (B, 1, K) layout
             if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens or not np.issubdtype(tokens.dtype, np.integer):

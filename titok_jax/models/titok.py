@@ -23,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from titok_jax import sharding as sh
 from titok_jax.models.layers import (
@@ -41,10 +42,31 @@ from titok_jax.models.layers import (
     weight_init,
 )
 from titok_jax.models.quantizers import DiagonalGaussian, VectorQuantizer
+from titok_jax.models.scalar_quantizers import BSQ, FSQ, FSQ_PRESETS, LFQ
 from titok_jax.models.vqgan import VQGANDecoder, VQGANQuantizer
 
 Dtype = Any
-QUANTIZE_MODES = ("vq", "vae")
+QUANTIZE_MODES = ("vq", "vae", "fsq", "lfq", "bsq")
+# Modes whose tokens are integer ids (a generator's vocabulary is codebook_size); "vae" tokens are vectors.
+DISCRETE_MODES = ("vq", "fsq", "lfq", "bsq")
+# Modes without a learned codebook: the code of an id is computed (FSQ levels, LFQ / BSQ bits).
+LOOKUP_FREE_MODES = ("fsq", "lfq", "bsq")
+
+
+def quantizer_fields(mode: str, bits: int, group_size: int = 0) -> dict[str, Any]:
+    """TiTok fields of a lookup-free quantizer with about 2**bits codes: token_size and codebook_size derived
+    from the quantizer (FSQ: the paper's levels for 2**bits, their product; LFQ / BSQ: bits, 2**bits)."""
+    if mode == "fsq":
+        if bits not in FSQ_PRESETS:
+            raise ValueError(f"FSQ presets exist for {sorted(FSQ_PRESETS)} bits, got {bits}.")
+        levels = FSQ_PRESETS[bits]
+        return dict(quantize_mode="fsq", fsq_levels=levels, token_size=len(levels), codebook_size=int(np.prod(levels)))
+    if mode in ("lfq", "bsq"):
+        fields = dict(quantize_mode=mode, token_size=bits, codebook_size=2**bits)
+        if mode == "bsq":
+            fields["bsq_group_size"] = group_size or bits
+        return fields
+    raise ValueError(f"quantizer_fields is for {LOOKUP_FREE_MODES}, got {mode!r}.")
 
 
 def _embedding_param(module: nn.Module, name: str, shape: tuple[int, ...], names: tuple[str | None, ...]) -> jax.Array:
@@ -243,6 +265,12 @@ class TiTok(nn.Module):
     use_l2_norm: bool = True
     commitment_cost: float = 0.25
     clustering_vq: bool = False
+    # Lookup-free quantizers (quantizer_fields derives token_size and codebook_size): FSQ levels per channel;
+    # LFQ / BSQ use token_size bits; BSQ's codebook entropy is summed over groups of bsq_group_size bits;
+    # entropy_temperature is the LFQ softmax temperature over all codes.
+    fsq_levels: Sequence[int] = ()
+    bsq_group_size: int = 0
+    entropy_temperature: float = 0.01
     # Released two-stage form: encoder reshape quirk + proxy-code head.
     legacy_two_stage: bool = True
     proxy_codebook_size: int = 1024
@@ -291,6 +319,12 @@ class TiTok(nn.Module):
             self.quantize = VectorQuantizer(
                 self.codebook_size, self.token_size, self.commitment_cost, self.use_l2_norm, self.clustering_vq
             )
+        elif self.quantize_mode == "fsq":
+            self.quantize = FSQ(tuple(self.fsq_levels))
+        elif self.quantize_mode == "lfq":
+            self.quantize = LFQ(self.token_size, self.commitment_cost, self.entropy_temperature)
+        elif self.quantize_mode == "bsq":
+            self.quantize = BSQ(self.token_size, self.bsq_group_size, self.commitment_cost)
         else:
             self.quantize = DiagonalGaussian(self.token_size)
         self.decoder = TiTokDecoder(
@@ -336,14 +370,17 @@ class TiTok(nn.Module):
     def encode(self, images: jax.Array, sample_posterior: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Pixels -> (latents (B, K, token_size), quantizer outputs).
 
-        VQ outputs: indices (B, K) and the quantizer/commitment/codebook losses.
-        VAE outputs: mean, logvar and per-example kl; `sample_posterior=False`
-        returns the mean (needs no rng), else a draw from the 'noise' rng.
+        VQ / FSQ / LFQ / BSQ outputs: indices (B, K) and the quantizer/commitment/codebook losses (LFQ / BSQ
+        also per_sample_entropy and codebook_entropy, in training mode). VAE outputs: mean, logvar and
+        per-example kl. `sample_posterior` is training mode: a VAE draw from the 'noise' rng (else the mean,
+        needing no rng) and the LFQ / BSQ entropy terms (else zeros, skipping the softmax over all codes).
         """
         check_images(images, self.image_shape, "TiTok.encode")
         features = self.encoder(images, self.latent_tokens)
-        if self.quantize_mode == "vq":
+        if self.quantize_mode in ("vq", "fsq"):
             return self.quantize(features)
+        if self.quantize_mode in ("lfq", "bsq"):
+            return self.quantize(features, train=sample_posterior)
         return self.quantize(features, sample=sample_posterior)
 
     def decode(self, latents: jax.Array) -> jax.Array:
@@ -364,7 +401,7 @@ class TiTok(nn.Module):
         return self.pixel_decoder(features.astype(self.dtype)).astype(jnp.float32)
 
     def decode_tokens(self, tokens: jax.Array) -> jax.Array:
-        """Tokens -> what `decode` returns. VQ: int indices (B, K) or (B, 1, K);
+        """Tokens -> what `decode` returns. VQ / FSQ / LFQ / BSQ: int indices (B, K) or (B, 1, K);
         VAE: the continuous latents (B, K, token_size)."""
         if self.quantize_mode == "vae":
             return self.decode(tokens)
@@ -397,6 +434,32 @@ def check_images(images: jax.Array, expected_shape: tuple[int, int, int], where:
         )
 
 
+def _lookup_free_problems(model: TiTok) -> list[str]:
+    """token_size and codebook_size must be the ones the quantizer implies (set them with quantizer_fields)."""
+    mode = model.quantize_mode
+    if mode not in LOOKUP_FREE_MODES:
+        return []
+    if mode == "fsq":
+        levels = tuple(model.fsq_levels)
+        if not levels or min(levels) < 2:
+            return [f"quantize_mode='fsq' needs fsq_levels of at least 2 levels each, got {levels}"]
+        token_size, codebook_size = len(levels), int(np.prod(levels))
+    else:
+        token_size, codebook_size = model.token_size, 2**model.token_size
+        if mode == "lfq" and model.token_size > 16:
+            return [
+                f"quantize_mode='lfq' takes its entropy over all 2**token_size codes: token_size <= 16, got {model.token_size}"
+            ]
+        if mode == "bsq" and (model.bsq_group_size <= 0 or model.token_size % model.bsq_group_size):
+            return [f"bsq_group_size={model.bsq_group_size} must divide token_size={model.token_size}"]
+    if (model.token_size, model.codebook_size) != (token_size, codebook_size):
+        return [
+            f"quantize_mode={mode!r} implies token_size={token_size} and codebook_size={codebook_size}, got "
+            f"{model.token_size} and {model.codebook_size} (set them with models.titok.quantizer_fields)"
+        ]
+    return []
+
+
 def validate_fields(model: TiTok) -> None:
     """Checks that the fields describe a buildable model; raises ValueError naming the field."""
     problems = []
@@ -404,6 +467,7 @@ def validate_fields(model: TiTok) -> None:
         problems.append(f"quantize_mode={model.quantize_mode!r} is not one of {QUANTIZE_MODES}")
     if model.quantize_mode == "vq" and model.codebook_size <= 0:
         problems.append(f"quantize_mode='vq' needs codebook_size > 0, got {model.codebook_size}")
+    problems += _lookup_free_problems(model)
     if model.num_latent_tokens <= 0 or model.token_size <= 0:
         problems.append(
             f"num_latent_tokens={model.num_latent_tokens} and token_size={model.token_size} must be positive"
@@ -480,8 +544,9 @@ def titok_from_config(model_config: Any, **overrides: Any) -> TiTok:
     unknown = sorted(set(fields) - set(TITOK_FIELDS))
     if unknown:
         raise ValueError(f"Unknown TiTok model field(s) {unknown}. Valid fields: {', '.join(TITOK_FIELDS)}.")
-    if "pixel_decoder_channel_multipliers" in fields:
-        fields["pixel_decoder_channel_multipliers"] = tuple(fields["pixel_decoder_channel_multipliers"])
+    for name in ("pixel_decoder_channel_multipliers", "fsq_levels"):  # hashable: the model is a jit static
+        if name in fields:
+            fields[name] = tuple(fields[name])
     if isinstance(fields.get("dtype"), str):
         fields["dtype"] = jnp.dtype(fields["dtype"])
     model = TiTok(**fields)

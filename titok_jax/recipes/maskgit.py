@@ -169,7 +169,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         recipes.validate(tok_config)
     tok = tokenizer_lib.model_of(workdir, tok_config)
     source = config.tokenizer.config or config.tokenizer.workdir
-    if tok.quantize_mode != "vq":
+    if tok.quantize_mode == "vae":
         raise ValueError(f"The generator models discrete codes; tokenizer {source!r} is a VAE.")
     for ours, theirs, what in (
         (model.codebook_size, tok.codebook_size, "codebook_size"),
@@ -223,8 +223,8 @@ def load_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
             "(and config.tokenizer.config to its experiment config)."
         )
     tokenizer = Tokenizer.load(os.path.abspath(workdir), config=tok_config)
-    if tokenizer.model.quantize_mode != "vq":
-        raise ValueError(f"A token generator needs a VQ tokenizer (discrete codes); {workdir!r} is a VAE.")
+    if tokenizer.model.quantize_mode == "vae":
+        raise ValueError(f"A token generator needs a tokenizer of discrete codes; {workdir!r} is a VAE.")
     return tokenizer
 
 

@@ -30,7 +30,7 @@ from titok_jax.inference import restore
 from titok_jax.inference import tokenizer as tokenizer_lib
 from titok_jax.models import layer_stack, quantizers
 from titok_jax.models.discriminator import NLayerDiscriminator
-from titok_jax.models.titok import TiTok, pixel_decoder_fields, titok_from_config
+from titok_jax.models.titok import DISCRETE_MODES, TiTok, pixel_decoder_fields, titok_from_config
 from titok_jax.models.vqgan import VQGAN
 from titok_jax.recipes import teacher
 from titok_jax.train.loop import Evaluator, Plan
@@ -262,7 +262,7 @@ class PixelRecipe(TokenizerRecipe):
         loss, metrics = losses.single_stage_generator_loss(
             reconstruction, perceptual, info, adversarial, frozen["step"], weights, self.model.quantize_mode
         )
-        if self.model.quantize_mode == "vq":
+        if self.model.quantize_mode in DISCRETE_MODES:
             metrics["codebook_usage"] = codebook_usage(info["indices"], self.model.codebook_size)
             metrics.update({k: info[k] for k in CLUSTERING_STATS if k in info})
         metrics["loss"] = loss
@@ -310,6 +310,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.data.image_size != model.image_size:
         raise ValueError(f"data.image_size={config.data.image_size} differs from model.image_size={model.image_size}.")
     if config.recipe in ("two_stage_1", "two_stage_2"):
+        if model.quantize_mode not in ("vq", "vae"):
+            raise ValueError(
+                f"quantize_mode={model.quantize_mode!r} trains in the single_stage recipe (the two-stage recipe "
+                "is the official VQ / VAE form)."
+            )
         if not model.legacy_two_stage:
             raise ValueError("The two-stage recipe needs model.legacy_two_stage=True.")
         vqgan = config.teacher

@@ -1,0 +1,241 @@
+"""Lookup-free quantizers of the TiTok latent tokens: FSQ, LFQ and BSQ, computed in float32.
+
+No codebook parameters: the code of a token id is computed. Each returns (codes, info) like VectorQuantizer:
+codes carry straight-through gradients, info holds `indices` (int32) and the loss terms the recipe weighs.
+Facts (levels, bit order, entropy forms) follow ../shared/spec/next-wave.md sections 2-3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Mentzer et al. (2023), Table 1: the recommended levels for about 2**bits codes (products 240 ... 64,000).
+FSQ_PRESETS: dict[int, tuple[int, ...]] = {
+    8: (8, 6, 5),
+    10: (8, 5, 5, 5),
+    12: (7, 5, 5, 5, 5),
+    14: (8, 8, 8, 6, 5),
+    16: (8, 8, 8, 5, 5, 5),
+}
+FSQ_EPS = 1e-3
+# MaskBit clamps probabilities before the log.
+ENTROPY_EPS = 1e-5
+
+
+def _zero() -> jax.Array:
+    return jnp.zeros((), jnp.float32)
+
+
+def _straight_through(x: jax.Array, rounded: jax.Array) -> jax.Array:
+    """Forward: `rounded`; gradient: the identity to x."""
+    return x + jax.lax.stop_gradient(rounded - x)
+
+
+def _check_channels(latents: jax.Array, channels: int, name: str) -> None:
+    if latents.shape[-1] != channels:
+        raise ValueError(f"{name} expects latents (..., {channels}), got {latents.shape}.")
+
+
+# ---- FSQ ------------------------------------------------------------------------------------------------
+def fsq_bound(z: jax.Array, levels: Sequence[int]) -> jax.Array:
+    """tanh(z + shift) * half_l - offset per channel: values in an interval holding exactly L integers."""
+    levels_f = jnp.asarray(levels, jnp.float32)
+    half_l = (levels_f - 1.0) * (1.0 + FSQ_EPS) / 2.0
+    offset = jnp.where(jnp.asarray(levels) % 2 == 0, 0.5, 0.0)
+    shift = jnp.arctanh(offset / half_l)
+    return jnp.tanh(z + shift) * half_l - offset
+
+
+def _half_widths(levels: Sequence[int]) -> jax.Array:
+    return jnp.asarray([level // 2 for level in levels], jnp.float32)
+
+
+def _fsq_basis(levels: Sequence[int]) -> np.ndarray:
+    """Mixed-radix place values, channel 0 least significant."""
+    return np.cumprod([1, *levels[:-1]]).astype(np.int64)
+
+
+def fsq_codes_to_indices(codes: jax.Array, levels: Sequence[int]) -> jax.Array:
+    """Codes in [-1, 1] (..., d) -> int32 ids: digit_i = code_i * hw_i + hw_i, id = sum digit_i * basis_i."""
+    half = _half_widths(levels)
+    digits = jnp.round(codes * half + half).astype(jnp.int32)
+    return jnp.sum(digits * jnp.asarray(_fsq_basis(levels), jnp.int32), axis=-1).astype(jnp.int32)
+
+
+def fsq_indices_to_codes(indices: jax.Array, levels: Sequence[int]) -> jax.Array:
+    """int ids (...) -> codes (..., d): digit_i = (id // basis_i) mod L_i, code = (digit - hw) / hw."""
+    basis = jnp.asarray(_fsq_basis(levels), jnp.int32)
+    digits = (indices[..., None].astype(jnp.int32) // basis) % jnp.asarray(levels, jnp.int32)
+    half = _half_widths(levels)
+    return (digits.astype(jnp.float32) - half) / half
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantization: each channel bounded and rounded to one of L_i levels, scaled to [-1, 1]."""
+
+    levels: tuple[int, ...]
+
+    @property
+    def codebook_size(self) -> int:
+        return int(np.prod(self.levels))
+
+    @property
+    def token_size(self) -> int:
+        return len(self.levels)
+
+    def __call__(self, latents: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        _check_channels(latents, self.token_size, "FSQ")
+        bounded = fsq_bound(latents.astype(jnp.float32), self.levels)
+        codes = _straight_through(bounded, jnp.round(bounded)) / _half_widths(self.levels)
+        indices = fsq_codes_to_indices(jax.lax.stop_gradient(codes), self.levels)
+        return codes, {
+            "indices": indices,
+            "quantizer_loss": _zero(),
+            "commitment_loss": _zero(),
+            "codebook_loss": _zero(),
+        }
+
+    def codebook_entries(self, indices: jax.Array) -> jax.Array:
+        return fsq_indices_to_codes(indices, self.levels)
+
+    def codes_to_indices(self, codes: jax.Array) -> jax.Array:
+        return fsq_codes_to_indices(codes, self.levels)
+
+
+# ---- LFQ / BSQ bits ---------------------------------------------------------------------------------------
+def bits_to_indices(bits: jax.Array, big_endian: bool = False) -> jax.Array:
+    """Booleans (..., K) -> int32 ids; little-endian: bit i weighs 2**i (LFQ); big-endian: bit 0 is the most
+    significant (BSQ)."""
+    k = bits.shape[-1]
+    weights = 2 ** (np.arange(k)[::-1] if big_endian else np.arange(k))
+    return jnp.sum(bits.astype(jnp.int32) * jnp.asarray(weights, jnp.int32), axis=-1).astype(jnp.int32)
+
+
+def indices_to_bits(indices: jax.Array, num_bits: int, big_endian: bool = False) -> jax.Array:
+    """int ids (...) -> booleans (..., K), the inverse of bits_to_indices."""
+    shifts = np.arange(num_bits)[::-1] if big_endian else np.arange(num_bits)
+    return ((indices[..., None].astype(jnp.int32) >> jnp.asarray(shifts, jnp.int32)) & 1).astype(bool)
+
+
+def all_sign_codes(num_bits: int) -> jax.Array:
+    """Every code of {-1, +1}**K, row r = the code of id r (little-endian), (2**K, K) float32."""
+    return jnp.where(indices_to_bits(jnp.arange(2**num_bits), num_bits), 1.0, -1.0).astype(jnp.float32)
+
+
+def _entropy(probabilities: jax.Array, axis: int = -1) -> jax.Array:
+    return -jnp.sum(probabilities * jnp.log(jnp.maximum(probabilities, ENTROPY_EPS)), axis=axis)
+
+
+def lfq_entropy_terms(latents: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+    """(mean per-token entropy, entropy of the mean distribution), in nats, of p = softmax(2<z, c> / T) over
+    all 2**K codes c (google-research/magvit's entropy_loss; 2<z, c> = -||z - c||^2 + const since ||c||^2 = K)."""
+    flat = latents.reshape(-1, latents.shape[-1]).astype(jnp.float32)
+    logits = 2.0 * jnp.matmul(flat, all_sign_codes(flat.shape[-1]).T, precision=jax.lax.Precision.HIGHEST)
+    probabilities = jax.nn.softmax(logits / temperature, axis=-1)
+    return jnp.mean(_entropy(probabilities)), _entropy(jnp.mean(probabilities, axis=0))
+
+
+class LFQ(nn.Module):
+    """Lookup-free quantization: each channel's sign, codes in {-1, +1}**K, ids little-endian."""
+
+    num_bits: int
+    commitment_cost: float = 0.25
+    temperature: float = 0.01
+
+    @property
+    def codebook_size(self) -> int:
+        return 2**self.num_bits
+
+    @property
+    def token_size(self) -> int:
+        return self.num_bits
+
+    def __call__(self, latents: jax.Array, train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+        _check_channels(latents, self.num_bits, "LFQ")
+        z = latents.astype(jnp.float32)
+        positive = z > 0
+        signs = jnp.where(positive, 1.0, -1.0)
+        commitment = self.commitment_cost * jnp.mean(jnp.square(z - jax.lax.stop_gradient(signs)))
+        info = {
+            "indices": bits_to_indices(positive),
+            "quantizer_loss": commitment,
+            "commitment_loss": commitment,
+            "codebook_loss": _zero(),
+        }
+        if train:  # only training reads the entropy; evaluation skips the softmax over all codes
+            info["per_sample_entropy"], info["codebook_entropy"] = lfq_entropy_terms(z, self.temperature)
+        return _straight_through(z, signs), info
+
+    def codebook_entries(self, indices: jax.Array) -> jax.Array:
+        return jnp.where(indices_to_bits(indices, self.num_bits), 1.0, -1.0).astype(jnp.float32)
+
+    def codes_to_indices(self, codes: jax.Array) -> jax.Array:
+        return bits_to_indices(codes > 0)
+
+
+def bsq_entropy_terms(unit: jax.Array, group_size: int, inv_temperature: float) -> tuple[jax.Array, jax.Array]:
+    """BSQ-ViT's soft entropies (nats) of unit-norm latents u (..., K):
+    - per token, analytically: per bit p = sigmoid(-4 u_i / sqrt(K) * inv_T), sum of binary entropies, averaged;
+    - codebook: split the bits into groups of g; in each group p = softmax over its 2**g sub-codes
+      c in {-1, +1}**g / sqrt(K) of 2 <u_g, c> * inv_T; entropy of the batch-mean p, summed over groups."""
+    k = unit.shape[-1]
+    flat = unit.reshape(-1, k).astype(jnp.float32)
+    scale = 1.0 / math.sqrt(k)
+    p = jax.nn.sigmoid(-4.0 * flat * scale * inv_temperature)
+    per_bit = -(p * jnp.log(jnp.maximum(p, ENTROPY_EPS)) + (1 - p) * jnp.log(jnp.maximum(1 - p, ENTROPY_EPS)))
+    per_sample = jnp.mean(jnp.sum(per_bit, axis=-1))
+    groups = flat.reshape(flat.shape[0], k // group_size, group_size)
+    sub_codes = all_sign_codes(group_size) * scale  # (2**g, g)
+    logits = 2.0 * jnp.einsum("ngd,cd->ngc", groups, sub_codes, precision=jax.lax.Precision.HIGHEST) * inv_temperature
+    mean_probabilities = jnp.mean(jax.nn.softmax(logits, axis=-1), axis=0)  # (groups, 2**g)
+    return per_sample, jnp.sum(_entropy(mean_probabilities))
+
+
+class BSQ(nn.Module):
+    """Binary spherical quantization: l2-normalised latents, sign-quantised and scaled by 1/sqrt(K) (codes on the
+    unit sphere), ids big-endian."""
+
+    num_bits: int
+    group_size: int
+    commitment_cost: float = 0.0
+    inv_temperature: float = 1.0
+
+    @property
+    def codebook_size(self) -> int:
+        return 2**self.num_bits
+
+    @property
+    def token_size(self) -> int:
+        return self.num_bits
+
+    def __call__(self, latents: jax.Array, train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+        _check_channels(latents, self.num_bits, "BSQ")
+        z = latents.astype(jnp.float32)
+        unit = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+        positive = unit > 0
+        codes = jnp.where(positive, 1.0, -1.0) / math.sqrt(self.num_bits)
+        commitment = self.commitment_cost * jnp.mean(jnp.sum(jnp.square(jax.lax.stop_gradient(codes) - unit), -1))
+        info = {
+            "indices": bits_to_indices(positive, big_endian=True),
+            "quantizer_loss": commitment,
+            "commitment_loss": commitment,
+            "codebook_loss": _zero(),
+        }
+        if train:
+            info["per_sample_entropy"], info["codebook_entropy"] = bsq_entropy_terms(
+                unit, self.group_size, self.inv_temperature
+            )
+        return _straight_through(unit, codes), info
+
+    def codebook_entries(self, indices: jax.Array) -> jax.Array:
+        bits = indices_to_bits(indices, self.num_bits, big_endian=True)
+        return jnp.where(bits, 1.0, -1.0).astype(jnp.float32) / math.sqrt(self.num_bits)
+
+    def codes_to_indices(self, codes: jax.Array) -> jax.Array:
+        return bits_to_indices(codes > 0, big_endian=True)
