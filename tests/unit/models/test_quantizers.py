@@ -87,3 +87,23 @@ def test_diagonal_gaussian_samples_with_the_posterior_std():
     samples, _ = module.apply({}, moments, sample=True, rngs={"noise": jax.random.PRNGKey(0)})
     assert abs(float(samples.mean()) - 3.0) < 0.05
     assert abs(float(samples.std()) - 2.0) < 0.05
+
+
+def test_clustering_revival_replaces_exactly_the_dead_codes():
+    """Official clustering VQ on a hand-worked example: codes 1 and 3 unused, 0 and 2 used."""
+    from titok_jax.models.quantizers import clustering_update
+
+    codebook = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    usage = jnp.array([0.5, 0.0, 0.25, 0.0])
+    frequencies = jnp.array([0.5, 0.0, 0.5, 0.0])
+    nearest = jnp.array([[2.0, 2.0], [3.0, -1.0], [5.0, 5.0], [-4.0, 0.5]])
+    new_codebook, new_usage = clustering_update(codebook, usage, frequencies, nearest, decay=0.99)
+    # usage <- 0.99 u + 0.01 f = [0.5, 0, 0.2525, 0]
+    np.testing.assert_allclose(new_usage, [0.5, 0.0, 0.2525, 0.0], rtol=1e-6)
+    # mix = exp(-usage * 4 * 10 / 0.01 - 1e-3): used codes exp(-2000) and exp(-1010) = 0 (unchanged);
+    # dead codes exp(-1e-3) = 0.9990005: c * 0.0009995 + latent * 0.9990005.
+    m = 0.999000499833375
+    np.testing.assert_allclose(new_codebook[0], [1.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(new_codebook[2], [-1.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(new_codebook[1], [3.0 * m, (1 - m) - m], rtol=1e-5)
+    np.testing.assert_allclose(new_codebook[3], [-4.0 * m, -(1 - m) + 0.5 * m], rtol=1e-5)
