@@ -143,6 +143,7 @@ def evaluate_tokenizer(
         results[metric_name("is_std", real_inception)] = std
     if "codebook" in metrics:
         results["codebook_usage"], results["codebook_entropy_bits"] = scores.codebook_usage_and_entropy(code_counts)
+        results["codebook_perplexity"] = 2.0 ** results["codebook_entropy_bits"]
     return results
 
 

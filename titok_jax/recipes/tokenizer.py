@@ -39,10 +39,13 @@ from titok_jax.train.state import TrainState
 ARTIFACT = recipes.TOKENIZER
 
 
-def codebook_usage(indices: jax.Array, codebook_size: int) -> jax.Array:
-    """Fraction of the codebook used by `indices` (in this batch)."""
-    used = jnp.zeros((codebook_size,), jnp.float32).at[indices.reshape(-1)].set(1.0)
-    return used.mean()
+def codebook_health(indices: jax.Array, codebook_size: int) -> dict[str, jax.Array]:
+    """This batch's codebook usage (fraction of codes used), code entropy in bits and perplexity (2**bits: the
+    number of equally used codes with that entropy; a collapsed codebook sits near 1)."""
+    counts = jnp.zeros((codebook_size,), jnp.float32).at[indices.reshape(-1)].add(1.0)
+    p = counts / jnp.maximum(counts.sum(), 1.0)
+    bits = -jnp.sum(jnp.where(p > 0, p * jnp.log2(jnp.where(p > 0, p, 1.0)), 0.0))
+    return {"codebook_usage": jnp.mean(counts > 0), "codebook_entropy_bits": bits, "codebook_perplexity": 2.0**bits}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -121,7 +124,7 @@ class TokenizerRecipe:
                 "quantizer_loss": info["quantizer_loss"],
                 "commitment_loss": info["commitment_loss"],
                 "codebook_loss": info["codebook_loss"],
-                "codebook_usage": codebook_usage(info["indices"], self.model.codebook_size),
+                **codebook_health(info["indices"], self.model.codebook_size),
             }
             return self.quantizer_weight * info["quantizer_loss"], metrics
         kl = losses.kl_loss(info["kl"])
@@ -263,7 +266,7 @@ class PixelRecipe(TokenizerRecipe):
             reconstruction, perceptual, info, adversarial, frozen["step"], weights, self.model.quantize_mode
         )
         if self.model.quantize_mode in DISCRETE_MODES:
-            metrics["codebook_usage"] = codebook_usage(info["indices"], self.model.codebook_size)
+            metrics.update(codebook_health(info["indices"], self.model.codebook_size))
             metrics.update({k: info[k] for k in CLUSTERING_STATS if k in info})
         metrics["loss"] = loss
         return loss, (metrics, jnp.clip(decoded, 0.0, 1.0))
