@@ -90,6 +90,8 @@ class FSQ(nn.Module):
         return len(self.levels)
 
     def __call__(self, latents: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        if min(self.levels) < 2:  # a 1-level channel has half width 0: its code would divide by zero
+            raise ValueError(f"FSQ needs at least 2 levels per channel, got {self.levels}.")
         _check_channels(latents, self.token_size, "FSQ")
         bounded = fsq_bound(latents.astype(jnp.float32), self.levels)
         codes = _straight_through(bounded, jnp.round(bounded)) / _half_widths(self.levels)
@@ -132,13 +134,54 @@ def _entropy(probabilities: jax.Array, axis: int = -1) -> jax.Array:
     return -jnp.sum(probabilities * jnp.log(jnp.maximum(probabilities, ENTROPY_EPS)), axis=axis)
 
 
-def lfq_entropy_terms(latents: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+def lfq_entropy_terms(latents: jax.Array, temperature: float, chunk_bits: int = 0) -> tuple[jax.Array, jax.Array]:
     """(mean per-token entropy, entropy of the mean distribution), in nats, of p = softmax(2<z, c> / T) over
-    all 2**K codes c (google-research/magvit's entropy_loss; 2<z, c> = -||z - c||^2 + const since ||c||^2 = K)."""
+    all 2**K codes c (google-research/magvit's entropy_loss; 2<z, c> = -||z - c||^2 + const since ||c||^2 = K).
+
+    chunk_bits = b in (0, K): the same sums taken over 2**(K - b) chunks of 2**b codes in a rematerialised scan,
+    so memory holds (tokens, 2**b) instead of (tokens, 2**K). It is exact, not an approximation: the softmax's
+    normaliser factorises over bits, log sum_c exp(<s, c>) = sum_i log(e^{s_i} + e^{-s_i}) with s = 2z / T, and
+    both entropies are sums over codes (the eps clamp is per code)."""
     flat = latents.reshape(-1, latents.shape[-1]).astype(jnp.float32)
-    logits = 2.0 * jnp.matmul(flat, all_sign_codes(flat.shape[-1]).T, precision=jax.lax.Precision.HIGHEST)
-    probabilities = jax.nn.softmax(logits / temperature, axis=-1)
-    return jnp.mean(_entropy(probabilities)), _entropy(jnp.mean(probabilities, axis=0))
+    k = flat.shape[-1]
+    if chunk_bits <= 0 or chunk_bits >= k:
+        logits = 2.0 * jnp.matmul(flat, all_sign_codes(k).T, precision=jax.lax.Precision.HIGHEST)
+        probabilities = jax.nn.softmax(logits / temperature, axis=-1)
+        return jnp.mean(_entropy(probabilities)), _entropy(jnp.mean(probabilities, axis=0))
+
+    scaled = 2.0 * flat / temperature  # logit of code c = <scaled, c>
+    log_normaliser = jnp.sum(jnp.logaddexp(scaled, -scaled), axis=-1, keepdims=True)  # (N, 1)
+    # Low bits vary inside a chunk, high bits name the chunk (the code order does not change either sum).
+    low_logits = jnp.matmul(
+        scaled[:, :chunk_bits], all_sign_codes(chunk_bits).T, precision=jax.lax.Precision.HIGHEST
+    )  # (N, 2**b)
+    high_bits = k - chunk_bits
+
+    @jax.checkpoint  # recompute each chunk's (N, 2**b) probabilities in the backward pass instead of storing them
+    def body(totals, chunk):
+        high_code = jnp.where(indices_to_bits(chunk, high_bits), 1.0, -1.0)
+        high_logit = jnp.matmul(scaled[:, chunk_bits:], high_code, precision=jax.lax.Precision.HIGHEST)
+        probabilities = jnp.exp(low_logits + high_logit[:, None] - log_normaliser)
+        sample_sum, codebook = totals
+        sample_sum = sample_sum + jnp.sum(_entropy(probabilities))
+        codebook = codebook + _entropy(jnp.mean(probabilities, axis=0))
+        return (sample_sum, codebook), None
+
+    (sample_sum, codebook), _ = jax.lax.scan(body, (_zero(), _zero()), jnp.arange(2**high_bits, dtype=jnp.int32))
+    return sample_sum / flat.shape[0], codebook
+
+
+def lfq_entropy_weight(
+    step: jax.Array | int, weight: float | jax.Array, anneal_steps: int = 2000, anneal_factor: float = 2.0
+) -> jax.Array:
+    """MaskBit's annealed entropy weight: weight * (1 + anneal_factor * max(0, 1 - step / anneal_steps)),
+    i.e. 3x at step 0 falling linearly to 1x at 2k steps with the defaults (traceable in step)."""
+    ramp = jnp.maximum(0.0, 1.0 - jnp.asarray(step, jnp.float32) / max(anneal_steps, 1))
+    return jnp.asarray(weight, jnp.float32) * (1.0 + anneal_factor * ramp)
+
+
+def _entropy_info(sample: jax.Array, codebook: jax.Array, loss: jax.Array) -> dict[str, jax.Array]:
+    return {"entropy_loss": loss, "per_sample_entropy": sample, "codebook_entropy": codebook}
 
 
 class LFQ(nn.Module):
@@ -147,6 +190,10 @@ class LFQ(nn.Module):
     num_bits: int
     commitment_cost: float = 0.25
     temperature: float = 0.01
+    sample_weight: float = 1.0
+    batch_weight: float = 1.0  # MaskBit's entropy_gamma
+    # 0: one softmax over all 2**K codes (K <= 16); b > 0: the same entropies in chunks of 2**b codes.
+    entropy_chunk_bits: int = 0
 
     @property
     def codebook_size(self) -> int:
@@ -157,7 +204,18 @@ class LFQ(nn.Module):
         return self.num_bits
 
     def __call__(self, latents: jax.Array, train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """latents (..., K) -> (codes in {-1, +1} (..., K), info). info: int32 `indices` (...), float32
+        scalars `quantizer_loss` = `commitment_loss`, `codebook_loss` (0), and the unweighted entropy terms
+        `entropy_loss` = sample_weight * `per_sample_entropy` - batch_weight * `codebook_entropy` (nats; zeros
+        when not training). The entropy is not in quantizer_loss: the recipe weighs it by a step schedule."""
         _check_channels(latents, self.num_bits, "LFQ")
+        if self.num_bits > 30:  # int32 ids
+            raise ValueError(f"LFQ ids are int32: num_bits <= 30, got {self.num_bits}.")
+        if train and self.num_bits > 16 and not 0 < self.entropy_chunk_bits <= 16:
+            raise ValueError(
+                f"LFQ's entropy takes a softmax over all 2**{self.num_bits} codes per token, too large to hold: "
+                f"num_bits <= 16, or set entropy_chunk_bits in 1..16 to sum it in chunks of that many bits."
+            )
         z = latents.astype(jnp.float32)
         positive = z > 0
         signs = jnp.where(positive, 1.0, -1.0)
@@ -169,7 +227,10 @@ class LFQ(nn.Module):
             "codebook_loss": _zero(),
         }
         if train:  # only training reads the entropy; evaluation skips the softmax over all codes
-            info["per_sample_entropy"], info["codebook_entropy"] = lfq_entropy_terms(z, self.temperature)
+            sample, codebook = lfq_entropy_terms(z, self.temperature, self.entropy_chunk_bits)
+            info.update(_entropy_info(sample, codebook, self.sample_weight * sample - self.batch_weight * codebook))
+        else:
+            info.update(_entropy_info(_zero(), _zero(), _zero()))
         return _straight_through(z, signs), info
 
     def codebook_entries(self, indices: jax.Array) -> jax.Array:
@@ -202,9 +263,11 @@ class BSQ(nn.Module):
     unit sphere), ids big-endian."""
 
     num_bits: int
-    group_size: int
+    group_size: int  # bits per entropy group: 2**group_size sub-codes each
     commitment_cost: float = 0.0
     inv_temperature: float = 1.0
+    sample_weight: float = 1.0  # BSQ-ViT's gamma0
+    batch_weight: float = 1.0  # BSQ-ViT's gamma
 
     @property
     def codebook_size(self) -> int:
@@ -215,7 +278,17 @@ class BSQ(nn.Module):
         return self.num_bits
 
     def __call__(self, latents: jax.Array, train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """latents (..., K) -> (codes +-1/sqrt(K) (..., K), info) with the keys of LFQ; here
+        `entropy_loss` = (sample_weight * H_sample - batch_weight * H_codebook) / inv_temperature, the terms as
+        in `bsq_entropy_terms` (zeros when not training), and commitment = cost * mean_tokens ||q - u||^2."""
         _check_channels(latents, self.num_bits, "BSQ")
+        if self.num_bits > 30:  # int32 ids
+            raise ValueError(f"BSQ ids are int32: num_bits <= 30, got {self.num_bits}.")
+        if not 0 < self.group_size <= 16 or self.num_bits % self.group_size:
+            raise ValueError(
+                f"BSQ group_size must divide num_bits and be in 1..16 (2**group_size sub-codes per group); "
+                f"got group_size={self.group_size}, num_bits={self.num_bits}."
+            )
         z = latents.astype(jnp.float32)
         unit = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
         positive = unit > 0
@@ -228,9 +301,11 @@ class BSQ(nn.Module):
             "codebook_loss": _zero(),
         }
         if train:
-            info["per_sample_entropy"], info["codebook_entropy"] = bsq_entropy_terms(
-                unit, self.group_size, self.inv_temperature
-            )
+            sample, codebook = bsq_entropy_terms(unit, self.group_size, self.inv_temperature)
+            loss = (self.sample_weight * sample - self.batch_weight * codebook) / self.inv_temperature
+            info.update(_entropy_info(sample, codebook, loss))
+        else:
+            info.update(_entropy_info(_zero(), _zero(), _zero()))
         return _straight_through(unit, codes), info
 
     def codebook_entries(self, indices: jax.Array) -> jax.Array:

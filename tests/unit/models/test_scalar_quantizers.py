@@ -17,7 +17,10 @@ from titok_jax.models.scalar_quantizers import (
     LFQ,
     bsq_entropy_terms,
     fsq_bound,
+    fsq_codes_to_indices,
+    fsq_indices_to_codes,
     lfq_entropy_terms,
+    lfq_entropy_weight,
 )
 
 
@@ -59,6 +62,21 @@ def test_fsq_bound_equals_hand_values_for_odd_and_even_levels():
     np.testing.assert_allclose(
         fsq_bound(jnp.array([[0.0], [0.5], [-1.0]]), (8,))[:, 0], [0.0, 1.4879224148, -2.9326511316], atol=1e-6
     )
+
+
+def test_fsq_runs_in_float32_rejects_wrong_shapes_and_needs_no_init():
+    fsq = FSQ((8, 5, 5))
+    codes, info = fsq.apply({}, jnp.ones((2, 4, 3), jnp.bfloat16))
+    assert codes.dtype == jnp.float32 and info["indices"].dtype == jnp.int32 and info["indices"].shape == (2, 4)
+    assert all(info[k].dtype == jnp.float32 and info[k].shape == () for k in ("quantizer_loss", "commitment_loss"))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3\).*\(2, 4\)"):
+        fsq.apply({}, jnp.ones((2, 4)))
+    with pytest.raises(ValueError, match="at least 2 levels"):
+        FSQ((8, 1)).apply({}, jnp.ones((1, 2)))
+    # Module-level functions and the unbound module's methods agree (no init needed for id <-> code).
+    ids = jnp.array([[0, 7], [199, 42]])
+    np.testing.assert_array_equal(fsq.codebook_entries(ids), fsq_indices_to_codes(ids, (8, 5, 5)))
+    np.testing.assert_array_equal(fsq_codes_to_indices(fsq.codebook_entries(ids), (8, 5, 5)), ids)
 
 
 def test_fsq_levels_and_the_even_grid():
@@ -130,18 +148,71 @@ def test_lfq_entropy_gradient_sharpens_tokens_and_spreads_the_batch():
 
 def test_lfq_losses_and_training_only_entropy():
     z = jnp.array([[0.5, -2.0]])
-    lfq = LFQ(num_bits=2, commitment_cost=0.25)
+    lfq = LFQ(num_bits=2, commitment_cost=0.25, temperature=2.0)  # warm enough that no token is one-hot
     _, info = lfq.apply({}, z)
     # (0.5 - 1)^2 = 0.25, (-2 + 1)^2 = 1 -> mean 0.625, x 0.25
     np.testing.assert_allclose(info["commitment_loss"], 0.15625, rtol=1e-6)
-    assert "per_sample_entropy" in info and "per_sample_entropy" not in lfq.apply({}, z, train=False)[1]
+    np.testing.assert_allclose(info["quantizer_loss"], 0.15625, rtol=1e-6)  # entropy is not in it
+    assert info["codebook_loss"] == 0 and info["per_sample_entropy"] > 0
+    # Evaluation: the same keys, entropy terms zero (the softmax over all codes is skipped).
+    eval_info = lfq.apply({}, z, train=False)[1]
+    assert set(eval_info) == set(info)
+    assert [float(eval_info[k]) for k in ("entropy_loss", "per_sample_entropy", "codebook_entropy")] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("sample_weight, batch_weight", [(1.0, 1.0), (0.5, 2.0)])
+def test_lfq_entropy_loss_weighs_the_numpy_terms(sample_weight, batch_weight):
+    z = np.random.default_rng(5).normal(scale=0.1, size=(2, 3, 5)).astype(np.float32)
+    lfq = LFQ(num_bits=5, temperature=0.05, sample_weight=sample_weight, batch_weight=batch_weight)
+    codes, info = lfq.apply({}, jnp.asarray(z))
+    ref_sample, ref_codebook = _np_lfq_entropies(z, 0.05)
+    np.testing.assert_allclose(
+        [info["per_sample_entropy"], info["codebook_entropy"], info["entropy_loss"]],
+        [ref_sample, ref_codebook, sample_weight * ref_sample - batch_weight * ref_codebook],
+        rtol=2e-4,
+        atol=2e-5,
+    )
+    assert codes.shape == z.shape and info["indices"].shape == (2, 3) and info["indices"].dtype == jnp.int32
+
+
+@pytest.mark.parametrize("num_bits, chunk_bits", [(6, 1), (10, 4)])
+def test_lfq_chunked_entropy_equals_the_full_softmax_with_its_gradient(num_bits, chunk_bits):
+    z = jnp.asarray(np.random.default_rng(1).normal(scale=0.05, size=(3, 4, num_bits)), jnp.float32)
+
+    def loss(x, chunk):
+        sample, codebook = lfq_entropy_terms(x, 0.05, chunk)
+        return sample - 2.0 * codebook
+
+    np.testing.assert_allclose(lfq_entropy_terms(z, 0.05, chunk_bits), lfq_entropy_terms(z, 0.05), rtol=1e-5)
+    full_grad = jax.grad(loss)(z, 0)
+    assert float(jnp.max(jnp.abs(full_grad))) > 1e-3
+    # float32 round-off of both paths is ~1e-5 absolute on gradients of size ~2 (checked against float64).
+    np.testing.assert_allclose(jax.grad(loss)(z, chunk_bits), full_grad, rtol=1e-4, atol=3e-5)
+
+
+def test_lfq_refuses_the_full_softmax_over_more_than_16_bits_and_chunks_it():
+    z = np.random.default_rng(2).normal(scale=0.1, size=(1, 2, 17)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"2\*\*17 codes.*entropy_chunk_bits"):
+        LFQ(num_bits=17).apply({}, jnp.asarray(z))
+    _, info = LFQ(num_bits=17).apply({}, jnp.asarray(z), train=False)  # evaluation needs no softmax
+    np.testing.assert_array_equal(info["indices"], (z > 0) @ (2 ** np.arange(17)))
+    # Chunked, 2**17 codes match the float64 enumeration.
+    _, info = LFQ(num_bits=17, temperature=0.1, entropy_chunk_bits=12).apply({}, jnp.asarray(z))
+    np.testing.assert_allclose(
+        [info["per_sample_entropy"], info["codebook_entropy"]], _np_lfq_entropies(z, 0.1), rtol=2e-4
+    )
 
 
 def test_the_entropy_weight_anneals_as_maskbit():
+    got = [float(lfq_entropy_weight(step, 0.02)) for step in (0, 1000, 2000, 5000)]
+    np.testing.assert_allclose(got, [0.06, 0.04, 0.02, 0.02], rtol=1e-6)
+    traced = jax.jit(lambda step: lfq_entropy_weight(step, 1.0, anneal_steps=100, anneal_factor=4.0))
+    np.testing.assert_allclose([traced(jnp.int32(0)), traced(jnp.int32(75))], [5.0, 2.0], rtol=1e-6)
+    # The recipe's schedule (losses.entropy_weight_at) is the same function of the step.
     weights = losses.SINGLE_STAGE_LOSS_WEIGHTS
     weights = type(weights)(**{**weights.__dict__, "entropy_weight": 0.02})
-    got = [float(losses.entropy_weight_at(step, weights)) for step in (0, 1000, 2000, 5000)]
-    np.testing.assert_allclose(got, [0.06, 0.04, 0.02, 0.02], rtol=1e-6)
+    recipe = [float(losses.entropy_weight_at(step, weights)) for step in (0, 1000, 2000, 5000)]
+    np.testing.assert_allclose(recipe, got, rtol=1e-6)
 
 
 # ---- BSQ ----------------------------------------------------------------------------------------------------
@@ -178,3 +249,32 @@ def test_bsq_grouped_entropy_equals_the_numpy_reference(num_bits, group_size, in
     unit = z / np.linalg.norm(z, axis=-1, keepdims=True)
     sample, codebook = bsq_entropy_terms(jnp.asarray(unit), group_size, inv_t)
     np.testing.assert_allclose([sample, codebook], _np_bsq_entropies(z, group_size, inv_t), rtol=1e-4, atol=1e-6)
+
+
+def test_bsq_entropy_loss_weights_and_temperature_and_checks():
+    z = np.random.default_rng(9).normal(size=(2, 3, 6)).astype(np.float32)
+    bsq = BSQ(num_bits=6, group_size=3, inv_temperature=2.0, sample_weight=0.5, batch_weight=1.5)
+    codes, info = bsq.apply({}, jnp.asarray(z))
+    ref_sample, ref_codebook = _np_bsq_entropies(z, 3, 2.0)
+    # (0.5 H_sample - 1.5 H_codebook) / inv_T
+    np.testing.assert_allclose(info["entropy_loss"], (0.5 * ref_sample - 1.5 * ref_codebook) / 2.0, rtol=1e-4)
+    assert codes.dtype == jnp.float32 and info["indices"].dtype == jnp.int32 and info["commitment_loss"] == 0
+    eval_info = bsq.apply({}, jnp.asarray(z), train=False)[1]
+    assert set(eval_info) == set(info) and float(eval_info["entropy_loss"]) == 0
+    with pytest.raises(ValueError, match="group_size must divide num_bits"):
+        BSQ(num_bits=6, group_size=4).apply({}, jnp.asarray(z))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
+        bsq.apply({}, jnp.ones((2, 5)))
+
+
+def test_bsq_commitment_and_straight_through_gradient():
+    z = jnp.array([[3.0, 4.0]])  # unit (0.6, 0.8), code (1, 1) / sqrt2
+    bsq = BSQ(num_bits=2, group_size=1, commitment_cost=0.5)
+    _, info = bsq.apply({}, z)
+    r = 1 / math.sqrt(2)
+    np.testing.assert_allclose(info["commitment_loss"], 0.5 * ((0.6 - r) ** 2 + (0.8 - r) ** 2), rtol=1e-5)
+    # Straight through the sign: the gradient is that of the l2 normalisation, d(z/|z|)^T w = (w - u u.w) / |z|.
+    w = jnp.array([[1.0, -1.0]])
+    grad = jax.grad(lambda x: jnp.sum(w * bsq.apply({}, x)[0]))(z)
+    u = np.array([0.6, 0.8])
+    np.testing.assert_allclose(grad[0], (np.array([1.0, -1.0]) - u * (u @ np.array([1.0, -1.0]))) / 5.0, rtol=1e-5)
