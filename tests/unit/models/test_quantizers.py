@@ -107,3 +107,46 @@ def test_clustering_revival_replaces_exactly_the_dead_codes():
     np.testing.assert_allclose(new_codebook[2], [-1.0, 0.0], atol=1e-7)
     np.testing.assert_allclose(new_codebook[1], [3.0 * m, (1 - m) - m], rtol=1e-5)
     np.testing.assert_allclose(new_codebook[3], [-4.0 * m, -(1 - m) + 0.5 * m], rtol=1e-5)
+    # ... i.e. the dead codes land on their nearest latent to within 1e-3 relative, the used ones stay put.
+    new_codebook, nearest, codebook = np.asarray(new_codebook), np.asarray(nearest), np.asarray(codebook)
+    np.testing.assert_allclose(new_codebook[[1, 3]], nearest[[1, 3]], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(new_codebook[[0, 2]], codebook[[0, 2]], rtol=1e-6, atol=1e-6)
+
+
+def test_clustering_statistics_under_grad_accumulation_are_micro_batch_averages():
+    """The train step (titok_jax/train/step.py) averages every metric over micro-batches, then the tokenizer
+    recipe's before_apply runs one clustering_update per optimizer step. So code frequencies are exactly the
+    whole batch's, but a code's 'nearest latent' is the mean of each micro-batch's nearest latent: not a latent
+    of the batch. (The official torch code instead updates in every micro-batch's forward, decaying the usage
+    once per micro-batch.) This pins the current behaviour."""
+    from titok_jax.models.quantizers import clustering_update
+    from titok_jax.train.accumulate import accumulate
+
+    codebook = jnp.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    module = VectorQuantizer(codebook_size=4, token_size=2, clustering_vq=True)
+    params = {"params": {"codebook": codebook}}
+    # Micro-batch A uses code 0 twice, micro-batch B code 2 twice; codes 1 and 3 are dead.
+    batch = jnp.array([[[2.0, 0.1]], [[1.5, -0.2]], [[-3.0, 0.2]], [[-2.0, -0.5]]])
+
+    def grad_fn(microbatch, key):
+        def loss(p):
+            _, info = module.apply(p, microbatch)
+            return info["quantizer_loss"], info
+
+        grads, info = jax.grad(loss, has_aux=True)(params)
+        return grads, {k: info[k] for k in ("code_frequencies", "nearest_latents")}, info["indices"]
+
+    _, stats, indices = accumulate(grad_fn, batch, jax.random.PRNGKey(0), num_microbatches=2)
+    np.testing.assert_array_equal(indices.reshape(-1), [0, 0, 2, 2])
+    _, whole = grad_fn(batch, None)[:2]
+    np.testing.assert_allclose(stats["code_frequencies"], whole["code_frequencies"], rtol=1e-6)
+    np.testing.assert_allclose(stats["code_frequencies"], [0.5, 0.0, 0.5, 0.0], rtol=1e-6)
+    # Squared distances, micro-batch A to code 1 (0, 1): [2, 0.1] 4 + 0.81 = 4.81, [1.5, -0.2] 2.25 + 1.44 = 3.69;
+    # B: [-3, 0.2] 9 + 0.64 = 9.64, [-2, -0.5] 4 + 2.25 = 6.25. Nearest: [1.5, -0.2] in A, [-2, -0.5] in B,
+    # averaged [-0.25, -0.35]; over the whole batch it would be [1.5, -0.2]. (Codes 0, 2, 3 pick the same two.)
+    np.testing.assert_allclose(stats["nearest_latents"], [[-0.25, -0.35]] * 4, rtol=1e-6)
+    np.testing.assert_allclose(whole["nearest_latents"][1], [1.5, -0.2], rtol=1e-6)
+    new_codebook, _ = clustering_update(codebook, jnp.zeros(4), stats["code_frequencies"], stats["nearest_latents"])
+    np.testing.assert_allclose(new_codebook[1], [-0.25, -0.35], rtol=2e-3, atol=2e-3)  # revived off the batch
+    # Used code 0: usage 0.01 * 0.5 -> mix exp(-0.005 * 40 / 0.01) = exp(-20) ~ 2e-9: unchanged.
+    np.testing.assert_allclose(new_codebook[0], codebook[0], rtol=1e-6, atol=1e-6)
