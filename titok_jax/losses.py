@@ -124,10 +124,9 @@ class LossWeights:
     lecam_ema_decay: float = 0.999
     kl_weight: float = 1e-6
     logvar_init: float = 0.0  # VAE only: the reconstruction term is divided by exp(logvar_init)
-    # LFQ / BSQ entropy penalty (MaskBit): entropy_weight * (H_sample - entropy_batch_weight * H_codebook),
-    # annealed from (1 + entropy_anneal_factor)x at step 0 down to 1x at entropy_anneal_steps.
+    # LFQ / BSQ entropy penalty: entropy_weight times the quantizer's entropy_loss (MaskBit: H_sample -
+    # H_codebook), annealed from (1 + entropy_anneal_factor)x at step 0 down to 1x at entropy_anneal_steps.
     entropy_weight: float = 0.0
-    entropy_batch_weight: float = 1.0
     entropy_anneal_steps: int = 2000
     entropy_anneal_factor: float = 2.0
 
@@ -180,10 +179,12 @@ def entropy_weight_at(step: jax.Array | int, weights: LossWeights) -> jax.Array:
 def entropy_penalty(
     aux: Mapping[str, jax.Array], step: jax.Array | int, weights: LossWeights
 ) -> tuple[jax.Array, Metrics]:
-    """LFQ / BSQ: low entropy per token (confident codes), high entropy of the batch's average (all codes used)."""
-    sample, codebook = _f32(aux["per_sample_entropy"]), _f32(aux["codebook_entropy"])
-    penalty = entropy_weight_at(step, weights) * (sample - weights.entropy_batch_weight * codebook)
-    return penalty, {"entropy_loss": penalty, "per_sample_entropy": sample, "codebook_entropy": codebook}
+    """LFQ / BSQ: low entropy per token (confident codes), high entropy of the batch's average (all codes used);
+    the quantizer's `entropy_loss` carries its own term weights (and BSQ's temperature)."""
+    penalty = entropy_weight_at(step, weights) * _f32(aux["entropy_loss"])
+    metrics = {"entropy_loss": penalty}
+    metrics.update({k: _f32(aux[k]) for k in ("per_sample_entropy", "codebook_entropy")})
+    return penalty, metrics
 
 
 def single_stage_generator_loss(

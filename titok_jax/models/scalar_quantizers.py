@@ -171,15 +171,6 @@ def lfq_entropy_terms(latents: jax.Array, temperature: float, chunk_bits: int = 
     return sample_sum / flat.shape[0], codebook
 
 
-def lfq_entropy_weight(
-    step: jax.Array | int, weight: float | jax.Array, anneal_steps: int = 2000, anneal_factor: float = 2.0
-) -> jax.Array:
-    """MaskBit's annealed entropy weight: weight * (1 + anneal_factor * max(0, 1 - step / anneal_steps)),
-    i.e. 3x at step 0 falling linearly to 1x at 2k steps with the defaults (traceable in step)."""
-    ramp = jnp.maximum(0.0, 1.0 - jnp.asarray(step, jnp.float32) / max(anneal_steps, 1))
-    return jnp.asarray(weight, jnp.float32) * (1.0 + anneal_factor * ramp)
-
-
 def _entropy_info(sample: jax.Array, codebook: jax.Array, loss: jax.Array) -> dict[str, jax.Array]:
     return {"entropy_loss": loss, "per_sample_entropy": sample, "codebook_entropy": codebook}
 

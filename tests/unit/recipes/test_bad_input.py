@@ -68,8 +68,8 @@ def test_model_field_errors():
         titok_from_config(fields, image_size=30)
     with pytest.raises(ValueError, match="encoder_width=64 is not divisible by encoder_num_heads=3"):
         titok_from_config(fields, encoder_num_heads=3)
-    with pytest.raises(ValueError, match=r"quantize_mode='fsq' is not one of \('vq', 'vae'\)"):
-        titok_from_config(fields, quantize_mode="fsq")
+    with pytest.raises(ValueError, match=r"quantize_mode='rvq' is not one of \('vq', 'vae', 'fsq', 'lfq', 'bsq'\)"):
+        titok_from_config(fields, quantize_mode="rvq")  # (fsq is a quantizer now)
     with pytest.raises(ValueError, match="with_pixel_decoder needs the two-stage VQ form"):
         titok_from_config(fields, with_pixel_decoder=True)
     with pytest.raises(ValueError, match=r"positional_init='fourier' is not one of \('normal', 'sincos'\)"):
