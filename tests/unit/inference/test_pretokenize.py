@@ -92,7 +92,7 @@ def test_refuses_another_tokenizers_output_and_vae_tokenizers(tokenizer, tmp_pat
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         pretokenize.pretokenize(config, str(tmp_path / "empty"), str(tmp_path / "t2"))
     vae = tiny_config("single_stage:tiny_vae")
-    with pytest.raises(ValueError, match="VQ tokenizer"):
+    with pytest.raises(ValueError, match="needs a tokenizer of discrete codes"):
         pretokenize.pretokenize(vae, workdir, str(tmp_path / "t3"))
     assert jax.device_count() == 8
 
