@@ -1,5 +1,6 @@
-"""grain data pipelines: sources (synthetic shapes, image folders, TFDS array_record) and transforms."""
+"""grain data pipelines: sources (synthetic shapes, image folders, image lists, TFDS array_record) and transforms."""
 
+from titok_jax.data.image_list import ImageList
 from titok_jax.data.pipeline import (
     DataIterator,
     default_data_config,
@@ -17,6 +18,7 @@ __all__ = [
     "SKIPPED",
     "DataIterator",
     "ImageFolder",
+    "ImageList",
     "SyntheticShapes",
     "decode_image",
     "default_data_config",

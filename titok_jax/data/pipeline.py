@@ -24,10 +24,11 @@ import numpy as np
 from ml_collections import config_dict
 
 from titok_jax.data import transforms
-from titok_jax.data.sources import ImageFolder, list_class_names, tfds_source
+from titok_jax.data.image_list import ImageList
+from titok_jax.data.sources import LABEL_MODES, ImageFolder, folder_layout, list_class_names, tfds_source
 from titok_jax.data.synthetic import SHAPE_KINDS, VARIATIONS, SyntheticShapes
 
-SOURCES = ("synthetic", "image_folder", "tfds")
+SOURCES = ("synthetic", "image_folder", "image_list", "tfds")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -47,6 +48,13 @@ def default_data_config() -> ml_collections.ConfigDict:
             # image_folder: root/<class_name>/<image>; eval_root uses root's class names for its labels.
             root=config_dict.placeholder(str),
             eval_root=config_dict.placeholder(str),
+            # image_folder labels: "folders" (class subfolders), "none" (every image below root, label 0) or
+            # "auto" (class subfolders when root has any, else the images directly in root, label 0).
+            labels="auto",
+            # image_list: one image path per line (relative to the list's folder), optionally followed by
+            # whitespace or a comma and an integer label on every line; without labels every label is 0.
+            list_file=config_dict.placeholder(str),
+            eval_list_file=config_dict.placeholder(str),
             # tfds (array_record, read without TensorFlow); data_dir None means $TFDS_DATA_DIR or ~/tensorflow_datasets.
             name="imagenet2012",
             split="train",
@@ -98,6 +106,8 @@ def validate_data_config(data_config: ml_collections.ConfigDict) -> ml_collectio
     _positive_int(config, "device_prefetch", minimum=0)
     if not isinstance(config.random_crop, bool):
         raise ValueError(f"data.random_crop must be True or False, got {config.random_crop!r}.")
+    if config.labels not in LABEL_MODES:
+        raise ValueError(f"Unknown data.labels {config.labels!r}; valid: {', '.join(LABEL_MODES)}.")
     if config.source == "synthetic":
         _positive_int(config, "num_examples")
         _positive_int(config, "eval_num_examples")
@@ -113,10 +123,18 @@ def validate_data_config(data_config: ml_collections.ConfigDict) -> ml_collectio
             raise ValueError(f"Synthetic shapes need data.image_size >= 8, got {config.image_size}.")
     elif config.source == "image_folder":
         if not config.root:
-            raise ValueError("data.source='image_folder' needs data.root (a folder of root/<class_name>/<image>).")
+            raise ValueError(
+                "data.source='image_folder' needs data.root (a folder of root/<class_name>/<image>, or of images)."
+            )
         for key in ("root", "eval_root"):
             if config[key] and not os.path.isdir(config[key]):
                 raise FileNotFoundError(f"data.{key}={config[key]!r} does not exist or is not a directory.")
+    elif config.source == "image_list":
+        if not config.list_file:
+            raise ValueError("data.source='image_list' needs data.list_file (a text file of one image path per line).")
+        for key in ("list_file", "eval_list_file"):
+            if config[key] and not os.path.isfile(config[key]):
+                raise FileNotFoundError(f"data.{key}={config[key]!r} does not exist or is not a file.")
     elif config.source == "tfds":
         if not config.name or not isinstance(config.name, str):
             raise ValueError(f"data.source='tfds' needs data.name (e.g. 'imagenet2012'), got {config.name!r}.")
@@ -134,11 +152,34 @@ def make_source(data_config: ml_collections.ConfigDict, train: bool) -> Any:
         )
     if config.source == "image_folder":
         if train:
-            return ImageFolder(config.root)
+            return ImageFolder(config.root, labels=config.labels)
         if not config.eval_root:
             raise ValueError("Evaluating an image_folder data set needs data.eval_root.")
-        return ImageFolder(config.eval_root, class_names=list_class_names(config.root))
+        return _eval_image_folder(config)
+    if config.source == "image_list":
+        if train:
+            return ImageList(config.list_file)
+        if not config.eval_list_file:
+            raise ValueError("Evaluating an image_list data set needs data.eval_list_file.")
+        return ImageList(config.eval_list_file)
     return tfds_source(config.name, config.split if train else config.eval_split, config.data_dir)
+
+
+def _eval_image_folder(config: ml_collections.ConfigDict) -> ImageFolder:
+    """The eval folder, labelled like the train folder: by its class names, or all 0 for data without classes."""
+    layout = folder_layout(config.root, config.labels)
+    if layout == "folders":
+        return ImageFolder(config.eval_root, class_names=list_class_names(config.root))
+    if layout == "recursive":
+        return ImageFolder(config.eval_root, labels="none")
+    # Train images lie directly in root: eval images must too, else eval labels would not be train's single 0.
+    if folder_layout(config.eval_root, "auto") == "folders":
+        raise ValueError(
+            f"data.eval_root={config.eval_root!r} has subfolders but data.root={config.root!r} holds its images "
+            "directly (no classes): lay eval_root out the same way, or set data.labels='none' to read every image "
+            "below both with label 0."
+        )
+    return ImageFolder(config.eval_root, labels="auto")
 
 
 class DataIterator:
@@ -147,14 +188,17 @@ class DataIterator:
     Yields `{"image": float32 (b, S, S, 3) in [0, 1], "label": int32 (b,)}` (eval
     batches add `"mask": bool (b,)`). `num_skipped` counts the images this
     process's pipeline skipped since the iterator was made (workers included).
+    `num_classes`: labels lie in [0, num_classes) (1 for data without classes); None where the source
+    does not say (TFDS).
     `get_state` / `set_state` / `start_prefetch` are grain's, so orbax's grain
     handler (`grain.checkpoint.CheckpointSave` / `CheckpointRestore`) accepts it.
     """
 
-    def __init__(self, loader: grain.DataLoader, num_batches: int | None = None):
+    def __init__(self, loader: grain.DataLoader, num_batches: int | None = None, num_classes: int | None = None):
         self._loader = loader
         self._iterator = iter(loader)
         self.num_batches = num_batches  # None: infinite
+        self.num_classes = num_classes
         self.num_skipped = 0
 
     def __iter__(self) -> DataIterator:
@@ -246,7 +290,7 @@ def make_train_iterator(
         grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
     ]
     loader = data_loader(config, source, sampler, operations, shard_options)
-    return DataIterator(loader)
+    return DataIterator(loader, num_classes=getattr(source, "num_classes", None))
 
 
 class PaddedSource:
@@ -299,4 +343,4 @@ def make_eval_iterator(
         grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
     ]
     loader = data_loader(config, padded, sampler, operations, shard_options)
-    return DataIterator(loader, num_batches=num_batches)
+    return DataIterator(loader, num_batches=num_batches, num_classes=getattr(source, "num_classes", None))

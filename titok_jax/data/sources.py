@@ -1,4 +1,4 @@
-"""Random-access data sources: an image folder and TFDS array_record data sets.
+"""Random-access data sources: an image folder (with or without class folders) and TFDS array_record data sets.
 
 Sources only index the data; decoding happens in the pipeline's map step, where
 a bad image is skipped and counted instead of crashing a run.
@@ -14,13 +14,21 @@ from typing import Any
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-class ImageFolder:
-    """`root/<class_name>/**/<image>` as a grain random-access source of `{"path": str, "label": int32}`.
+LABEL_MODES = ("auto", "folders", "none")
 
-    Classes are the sorted subfolder names (or `class_names`, so that an eval folder
-    shares the train folder's labels); a label is the index of its class. Files are
-    found recursively, case-insensitively by extension, hidden files skipped, and
-    sorted, so record i is the same file on every host.
+
+class ImageFolder:
+    """An image folder as a grain random-access source of `{"path": str, "label": int32}`.
+
+    `labels` says where the labels come from:
+    - "folders": `root/<class_name>/**/<image>`. Classes are the sorted subfolder names (or `class_names`,
+      so that an eval folder shares the train folder's labels); a label is the index of its class. Loose
+      files directly in the root are ignored.
+    - "none": every image anywhere below the root, label 0 (one class: unconditional data).
+    - "auto": "folders" when the root has subfolders, else the images directly in the root, label 0. A root
+      holding both is refused: which one was meant cannot be told.
+    Files are found case-insensitively by extension, hidden files skipped, and sorted, so record i is the
+    same file on every host.
 
     Symbolic links are followed, but never in a loop: a folder is walked once (a link back to
     the root, to a class folder or to a folder already walked is skipped) and a file is listed
@@ -29,15 +37,42 @@ class ImageFolder:
     under the root that it was found in, whatever a link points at.
     """
 
-    def __init__(self, root: str | os.PathLike, class_names: Sequence[str] | None = None):
+    def __init__(self, root: str | os.PathLike, class_names: Sequence[str] | None = None, labels: str = "auto") -> None:
         self.root = os.path.abspath(os.fspath(root))
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"Image folder {self.root!r} does not exist or is not a directory.")
+        if class_names is not None and labels not in ("auto", "folders"):
+            raise ValueError(
+                f"ImageFolder: class_names name class folders, so labels must be 'folders', not {labels!r}."
+            )
+        # Class names given: the caller asks for class folders (an eval folder labelled like its train folder).
+        self.layout = folder_layout(self.root, "folders" if class_names is not None else labels)
+        self._paths: list[str] = []
+        self._labels: list[int] = []
+        if self.layout == "folders":
+            self._list_classes(class_names)
+        else:
+            self.class_names: tuple[str, ...] = ()
+            self._paths = _ImageWalk(self.root).files(self.root, recursive=self.layout == "recursive")
+            self._labels = [0] * len(self._paths)
+            if not self._paths:
+                where = "anywhere below it" if self.layout == "recursive" else "directly in it"
+                raise ValueError(
+                    f"Image folder {self.root!r} has no images {where}: expected files with extensions "
+                    f"{', '.join(IMAGE_EXTENSIONS)} (or class subfolders root/<class_name>/<image>)."
+                )
+        # Identifies the listing (not where it is mounted), so a resumed run notices changed data.
+        self._digest = hashlib.sha1("\n".join(os.path.relpath(p, self.root) for p in self._paths).encode()).hexdigest()[
+            :12
+        ]
+
+    def _list_classes(self, class_names: Sequence[str] | None) -> None:
         found = list_class_names(self.root)
         if not found:
             raise ValueError(
                 f"Image folder {self.root!r} has no class subfolders; expected root/<class_name>/<image> "
-                f"with extensions {', '.join(IMAGE_EXTENSIONS)}."
+                f"with extensions {', '.join(IMAGE_EXTENSIONS)}, or set data.labels='auto' (images directly in "
+                "the root) or 'none' (every image below it) for data without classes."
             )
         self.class_names = tuple(class_names) if class_names is not None else tuple(found)
         unknown = sorted(set(found) - set(self.class_names))
@@ -46,8 +81,6 @@ class ImageFolder:
                 f"Image folder {self.root!r} has class folders that are not among the {len(self.class_names)} "
                 f"given classes: {unknown[:10]}."
             )
-        self._paths: list[str] = []
-        self._labels: list[int] = []
         class_dirs = [os.path.join(self.root, name) for name in self.class_names]
         # Every class folder belongs to its own class: a link from one class into another (or back up to the
         # root) is not walked again, so each image keeps the label of the class folder it sits in.
@@ -63,10 +96,11 @@ class ImageFolder:
                 f"Image folder {self.root!r} has no images: expected files with extensions "
                 f"{', '.join(IMAGE_EXTENSIONS)} in its class subfolders ({', '.join(found[:5])}...)."
             )
-        # Identifies the listing (not where it is mounted), so a resumed run notices changed data.
-        self._digest = hashlib.sha1("\n".join(os.path.relpath(p, self.root) for p in self._paths).encode()).hexdigest()[
-            :12
-        ]
+
+    @property
+    def num_classes(self) -> int:
+        """Class folders, or 1 for data without classes (every label 0)."""
+        return len(self.class_names) if self.layout == "folders" else 1
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -76,7 +110,28 @@ class ImageFolder:
 
     def __repr__(self) -> str:
         # grain compares this string when it restores an iterator; it leaves out the root so data may move.
-        return f"ImageFolder(num_images={len(self)}, num_classes={len(self.class_names)}, listing_sha1={self._digest})"
+        return f"ImageFolder(num_images={len(self)}, num_classes={self.num_classes}, listing_sha1={self._digest})"
+
+
+def folder_layout(root: str, labels: str = "auto") -> str:
+    """How `labels` reads `root`: "folders" (class subfolders), "flat" (the images directly in it, label 0)
+    or "recursive" (every image below it, label 0). Looks at the root's own entries only, never deeper."""
+    if labels not in LABEL_MODES:
+        raise ValueError(f"Unknown labels={labels!r} (data.labels); valid: {', '.join(LABEL_MODES)}.")
+    if labels == "folders":
+        return "folders"
+    if labels == "none":
+        return "recursive"
+    subfolders = list_class_names(root)
+    loose = [e.name for e in _sorted_entries(root) if not e.name.startswith(".") and _is_image(e)]
+    if subfolders and loose:
+        raise ValueError(
+            f"Image folder {root!r} holds both images ({len(loose)}, e.g. {loose[0]!r}) and subfolders "
+            f"({', '.join(subfolders[:3])}{'...' if len(subfolders) > 3 else ''}): set data.labels='folders' to "
+            "use the subfolders as classes and ignore the loose files, or data.labels='none' to read every "
+            "image below the root with label 0."
+        )
+    return "folders" if subfolders else "flat"
 
 
 def list_class_names(root: str) -> list[str]:
@@ -141,7 +196,7 @@ class _ImageWalk:
                 self._seen_dirs.add(key)
         self._listed_files: set[str] = set()  # real paths; hard links stay distinct files, as before
 
-    def files(self, folder: str) -> list[str]:
+    def files(self, folder: str, recursive: bool = True) -> list[str]:
         found: list[tuple[str, str]] = []  # (path as reached from `folder`, real path)
         pending = [(folder, os.path.realpath(folder))]
         while pending:
@@ -152,7 +207,7 @@ class _ImageWalk:
                     continue
                 child_real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
                 if _is_folder(entry):
-                    if self._enter(entry.path, child_real):
+                    if recursive and self._enter(entry.path, child_real):
                         subfolders.append((entry.path, child_real))
                 elif _is_image(entry):
                     found.append((entry.path, child_real))

@@ -9,8 +9,8 @@ Decoding turns any image PIL can read into RGB uint8 (H, W, 3):
   32-bit float (F): [0, 1] data scaled by 255, else clipped to [0, 255].
 EXIF orientation is not applied, like the reference PIL/torchvision pipeline.
 
-An undecodable or truncated file, an unsupported mode, or an image whose shorter
-side is below `min_image_size` is skipped: counted (by reason) in this process's
+A missing, undecodable or truncated file, an unsupported mode, or an image whose
+shorter side is below `min_image_size` is skipped: counted (by reason) in this process's
 `SKIPPED` counter, logged with its path (rate-limited), and reported to the
 trainer through the per-example `num_skipped` field, which also works when
 decoding runs in grain worker processes.
@@ -116,8 +116,12 @@ def decode_image(data: bytes | str | os.PathLike, min_image_size: int = 1) -> np
         if isinstance(data, (bytes, bytearray, memoryview)):
             encoded = bytes(data)
         else:
-            with open(data, "rb") as f:
-                encoded = f.read()
+            # A listed file may be gone (image lists are not checked up front): skipped like a broken one.
+            try:
+                with open(data, "rb") as f:
+                    encoded = f.read()
+            except FileNotFoundError as error:
+                raise DecodeError(f"missing (FileNotFoundError: {error.strerror})") from error
         with Image.open(io.BytesIO(encoded)) as image:
             image.load()  # decodes now, so that truncated files fail here
             array = to_rgb_uint8(image)

@@ -270,6 +270,14 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, np.ndar
         )
     else:  # images, tokenized inside the step
         train_iter = pipeline.make_train_iterator(config.data, config.batch_size, seed=config.seed)
+        # Token shards check each label as they are read; an image source says its class count up front.
+        # A label >= model.num_classes would silently train the null class or index past the vocabulary.
+        num_classes = train_iter.num_classes
+        if num_classes is not None and num_classes > config.model.num_classes:
+            raise ValueError(
+                f"The data has {num_classes} classes (labels 0..{num_classes - 1}) but config.model.num_classes="
+                f"{config.model.num_classes}: set config.model.num_classes to at least {num_classes}."
+            )
     class_ids = grid_class_ids(config.model.num_classes, jax.device_count())
     return train_iter, {"label": sh.process_local(class_ids)}
 

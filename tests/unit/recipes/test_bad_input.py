@@ -3,10 +3,11 @@
 import jax
 import jax.numpy as jnp
 import pytest
-from helpers import SINGLE_STAGE, TWO_STAGE, abstract_params, model_for
+from helpers import GENERATOR, SINGLE_STAGE, TWO_STAGE, abstract_params, model_for
 
 from titok_jax import configs, recipes
 from titok_jax.models.titok import titok_from_config
+from titok_jax.recipes import maskgit
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,20 @@ def test_config_validation():
     bad.model.pixel_decoder_filters = 64
     with pytest.raises(ValueError, match=r"pixel decoder fields .* must equal the teacher"):
         recipes.validate(bad)
+
+
+def test_generator_on_images_refuses_labels_beyond_its_classes(tmp_path):
+    # Label 11 with model.num_classes=10 would silently train the null class (10) or fall off the vocabulary.
+    (tmp_path / "list.txt").write_text("a.png 0\nb.png 11\n")  # never decoded: the check reads the listing only
+    config = configs.load_config(f"{GENERATOR}:tiny")
+    config.tokens_dir = ""
+    config.data.update(source="image_list", list_file=str(tmp_path / "list.txt"))
+    with pytest.raises(
+        ValueError, match=r"data has 12 classes \(labels 0\.\.11\) but config\.model\.num_classes=10: set"
+    ):
+        maskgit.make_data(config)
+    (tmp_path / "list.txt").write_text("a.png\nb.png\n")  # without labels: one class, label 0
+    assert maskgit.make_data(config)[0].num_classes == 1
 
 
 @pytest.mark.parametrize(
