@@ -5,6 +5,7 @@ from helpers import GENERATOR, SINGLE_STAGE, TWO_STAGE
 
 from titok_jax import checkpoint, configs, recipes, sweeps
 from titok_jax import sharding as sh
+from titok_jax.train import run_config
 from titok_jax.train.state import create_train_state
 
 
@@ -48,6 +49,7 @@ def write_tokenizer(config, workdir, step=2, edit=None):
     mesh = sh.make_mesh(**config.mesh)
     _, init, _ = create_train_state(recipe, config, mesh)
     manager = checkpoint.make_manager(workdir, save_every=1, keep=1)
+    run_config.record(workdir, config)
     with jax.set_mesh(mesh):
         state = init()
         checkpoint.save(manager, step, edit(state) if edit else state, None, force=True)

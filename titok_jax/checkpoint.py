@@ -34,7 +34,7 @@ def make_manager(workdir: str, save_every: int, keep: int) -> ocp.CheckpointMana
         cleanup_tmp_directories=True,
     )
     return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"),
+        checkpoints_dir(workdir),
         options=options,
         item_handlers={STATE: ocp.StandardCheckpointHandler(), DATA: grain.checkpoint.CheckpointHandler()},
     )
@@ -146,8 +146,11 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
     return target
 
 
+CHECKPOINTS_DIR = "checkpoints"  # WORKDIR/checkpoints/STEP
+
+
 def checkpoints_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
 
 
 def newest_step(workdir: str) -> int | None:

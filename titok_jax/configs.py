@@ -63,3 +63,30 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     path, _, arg = spec.partition(":")
     module = load_module(path)
     return module.get_config(arg) if arg else module.get_config()
+
+
+# A training workdir's copy of the config its run started with (written by the driver loop).
+RUN_CONFIG = "run_config.json"
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples the configs use (model fields must stay hashable)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict | None:
+    """The config a training workdir's run started with (WORKDIR/run_config.json), or None without one."""
+    import json
+
+    path = os.path.join(workdir, RUN_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(_tuples(json.load(f)))
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); pass the run's experiment config instead.") from None

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from titok_jax.trees import BLOCKS, TRANSFORMER, path_name
+from titok_jax.trees import BLOCKS, TRANSFORMER, matches, path_name
 
 # Official rule: no decay for params with ndim < 2 or whose name contains one of
 # these. 'codebook' is our name for the official `*.embedding.weight` codebooks.
@@ -30,16 +30,15 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def trainable_mask(params: Any, frozen_prefixes: Sequence[str], negate: bool = False) -> Any:
-    """False for params whose '/'-joined path (below 'params') starts with one of
-    `frozen_prefixes`; with `negate`, True marks the frozen ones instead."""
+def frozen_mask(params: Any, frozen: Sequence[str] = (), trainable: Sequence[str] = ()) -> Any:
+    """True for the params that do not train: those matching a `frozen` pattern, and, when `trainable`
+    patterns are given, those matching none of them (patterns: trees.matches, on names below 'params')."""
 
-    def trainable(path, _) -> bool:
+    def is_frozen(path, _) -> bool:
         name = path_name(path).removeprefix("params/")
-        frozen = any(name == p or name.startswith(p + "/") for p in frozen_prefixes)
-        return frozen if negate else not frozen
+        return matches(name, frozen) or (bool(trainable) and not matches(name, trainable))
 
-    return jax.tree_util.tree_map_with_path(trainable, params)
+    return jax.tree_util.tree_map_with_path(is_frozen, params)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -86,4 +85,6 @@ def ema_decay(step: jax.Array, decay: float, warmup: bool = True) -> jax.Array:
 
 
 def ema_update(ema_params: Any, params: Any, decay: jax.Array) -> Any:
-    return jax.tree.map(lambda e, p: e * decay + p.astype(e.dtype) * (1.0 - decay), ema_params, params)
+    """e + (p - e) * (1 - decay): the usual EMA, written so that a param that does not move (frozen, zero
+    updates) keeps its EMA exactly where it started."""
+    return jax.tree.map(lambda e, p: e + (p.astype(e.dtype) - e) * (1.0 - decay), ema_params, params)

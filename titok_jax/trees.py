@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -15,6 +17,13 @@ BLOCKS = "blocks"
 def path_name(path: Any) -> str:
     """'/'-joined names of a jax key path, e.g. 'params/encoder/ln_pre/scale'."""
     return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def matches(name: str, patterns: Sequence[str]) -> bool:
+    """Whether a '/'-joined parameter name (below 'params') matches one of the patterns: a glob over the whole
+    name ('decoder/*', '*/positional_embedding', 'encoder/transformer/block_1[01]/*') or a name prefix
+    ('decoder' names everything below it)."""
+    return any(fnmatch.fnmatchcase(name, p) or name == p or name.startswith(p.rstrip("/") + "/") for p in patterns)
 
 
 def _flatten(tree: Any) -> dict[str, Any]:

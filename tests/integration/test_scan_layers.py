@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import RNGS, abstract_params, count_params
 from jax.sharding import PartitionSpec as P
-from train_helpers import build_recipe, restore_state, tiny_config, write_tokenizer
+from train_helpers import restore_state, tiny_config, write_tokenizer
 
 from titok_jax import Tokenizer, optim, recipes
 from titok_jax import sharding as sh
@@ -211,12 +211,11 @@ def test_stage2_starts_from_a_stage1_run_of_the_other_layout(tmp_path, monkeypat
     write_tokenizer(stage1_config, str(tmp_path / "stage1"), edit=lambda state: saved.append(state) or state)
     config = tiny_config("two_stage:tiny,stage=2", init_from=str(tmp_path / "stage1"))
     assert not config.model.scan_layers
-    recipe, _ = build_recipe(config)
     mesh = sh.make_mesh(**config.mesh)
-    # init_from_stage1 replaces every param and only reads the shardings: an abstract state will do.
-    abstract, _, _ = create_train_state(recipe, config, mesh)
+    plan = tokenizer_recipe.prepare(config, mesh, str(tmp_path / "stage2"))
+    _, init, _ = create_train_state(plan.recipe, config, mesh)
     with jax.set_mesh(mesh):
-        state = tokenizer_recipe.init_from_stage1(abstract, config, mesh)
+        state = plan.warm_start(init())
     expected = layer_stack.unstack_blocks(jax.device_get(saved[0].ema_params["params"]))
     got = jax.device_get(state.params["params"])
     assert set(expected) < set(got)  # stage 2 adds the pixel decoder

@@ -88,6 +88,70 @@ def abstract_variables(model: GeneratorModel) -> Any:
     return jax.eval_shape(lambda i, c: model.init(jax.random.PRNGKey(0), i, c), ids, labels)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadedGenerator:
+    """A generator's model and weights as read from one source, with the sampler settings and the tokenizer
+    the source names (None where it names none)."""
+
+    model: GeneratorModel
+    variables: Any  # {"params": ...}: host arrays, or on `mesh` for a training workdir read `on_mesh`
+    metadata: dict[str, Any]
+    sampling: Any  # sampler settings: a mapping or a config
+    tokenizer: Any = None  # what `_tokenizer` turns into a Tokenizer
+    mesh: jax.sharding.Mesh | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkdirTokenizer:
+    """The tokenizer a generator's training config names (read only when asked for)."""
+
+    path: str
+    config: Any
+
+
+def load_model_and_variables(
+    path: str | os.PathLike, config: ml_collections.ConfigDict | str | None = None, on_mesh: bool = False
+) -> LoadedGenerator:
+    """A generator's model and weights from a training workdir (+ its experiment config, or the one its run
+    recorded), a generator bundle, or an official hub directory / weights file (+ `config` yaml/json). Reads
+    no tokenizer weights. A workdir's params stay on its config's mesh with `on_mesh`, else come to the host."""
+    path = os.fspath(path)
+    names_weights_config = isinstance(config, (str, os.PathLike)) and os.fspath(config).endswith(
+        (".json", ".yaml", ".yml")
+    )
+    if isinstance(config, ml_collections.ConfigDict) or (
+        tokenizer_lib.is_training_workdir(path) and not names_weights_config
+    ):
+        config = tokenizer_lib.workdir_config(path, config)
+        model = maskgit_from_config(config.model)
+        mesh = sh.make_mesh(**config.mesh)
+        ids = jax.ShapeDtypeStruct((1, model.num_tokens), jnp.int32)
+        labels = jax.ShapeDtypeStruct((1,), jnp.int32)
+        restored = restore.restore_params(
+            path, model, (ids, labels), mesh, hint="it is not a generator workdir (train one with titok_jax.main)."
+        )
+        metadata = {"source": path, "step": restored.step, "variant": config.get("variant", "")}
+        tokenizer = WorkdirTokenizer(config.tokenizer.workdir, _tokenizer_config(config.tokenizer))
+        if on_mesh:
+            return LoadedGenerator(model, restored.variables, metadata, config.sampling, tokenizer, mesh)
+        return LoadedGenerator(model, sh.to_host(restored.variables), metadata, config.sampling, tokenizer)
+    if bundle_lib.is_bundle(path):
+        loaded = bundle_lib.load_bundle(path, kind="generator")
+        model = maskgit_from_config(loaded.model)
+        check_tree_matches(loaded.variables["params"], nn.meta.unbox(abstract_variables(model))["params"], path)
+        own = os.path.join(path, TOKENIZER_DIR)
+        sampling = loaded.metadata.get("sampling", {})
+        return LoadedGenerator(
+            model, loaded.variables, loaded.metadata, sampling, own if bundle_lib.is_bundle(own) else None
+        )
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No generator at {path!r}.")
+    model, variables, fields, sampling = convert_generator.load_official_generator(
+        path, config if isinstance(config, (str, os.PathLike)) else None
+    )
+    return LoadedGenerator(model, variables, {"source": path, "fields": fields, "sampling": sampling}, sampling)
+
+
 class Generator:
     """A frozen class-conditional generator, its sampler settings and its tokenizer (for pixels)."""
 
@@ -134,65 +198,17 @@ class Generator:
         hub directory (or weights file + `config` yaml/json) with `tokenizer`. `tokenizer` (a Tokenizer or any
         path Tokenizer.load takes) replaces the one the source names; `settings` replaces its sampler's."""
         path = os.fspath(path)
-        if tokenizer_lib.is_training_workdir(path) or isinstance(config, ml_collections.ConfigDict):
-            return cls._from_workdir(path, config, tokenizer, settings)
-        if bundle_lib.is_bundle(path):
-            return cls._from_bundle(path, tokenizer, settings)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"No generator at {path!r}.")
+        source = load_model_and_variables(path, config, on_mesh=True)
+        tokenizer = tokenizer if tokenizer is not None else source.tokenizer
         if tokenizer is None:
             raise ValueError(
-                f"{path!r} is an official generator checkpoint; pass tokenizer= the tokenizer it models "
-                "(an official hub directory, a bundle, or a training workdir with its config)."
+                f"{path!r} names no tokenizer (an official generator checkpoint, or a bundle without {TOKENIZER_DIR}/); "
+                "pass tokenizer= the tokenizer it models (an official hub directory, a bundle, or a training workdir)."
             )
-        model, variables, fields, sampling = convert_generator.load_official_generator(
-            path, config if isinstance(config, (str, os.PathLike)) else None
-        )
         return cls(
-            model, variables, _tokenizer(tokenizer), settings or SamplingSettings.from_config(sampling),
-            source=path, metadata={"source": path, "fields": fields, "sampling": sampling},
-        )  # fmt: skip
-
-    @classmethod
-    def _from_workdir(cls, path: str, config: Any, tokenizer: Any, settings: SamplingSettings | None) -> Generator:
-        if config is None:
-            raise ValueError(
-                f"{path!r} is a training workdir; pass config= its experiment config (file.py[:variant]), or export "
-                "it first (python -m titok_jax.export)."
-            )
-        config = tokenizer_lib.experiment_config(config)
-        model = maskgit_from_config(config.model)
-        mesh = sh.make_mesh(**config.mesh)
-        ids = jax.ShapeDtypeStruct((1, model.num_tokens), jnp.int32)
-        labels = jax.ShapeDtypeStruct((1,), jnp.int32)
-        restored = restore.restore_params(
-            path, model, (ids, labels), mesh, hint="it is not a generator workdir (train one with titok_jax.main)."
-        )
-        if tokenizer is None:
-            tokenizer = Tokenizer.load(config.tokenizer.workdir, config=_tokenizer_config(config.tokenizer))
-        metadata = {"source": path, "step": restored.step, "variant": config.get("variant", "")}
-        return cls(
-            model, restored.variables, _tokenizer(tokenizer),
-            settings or SamplingSettings.from_config(config.sampling), source=path, metadata=metadata, mesh=mesh,
-        )  # fmt: skip
-
-    @classmethod
-    def _from_bundle(cls, path: str, tokenizer: Any, settings: SamplingSettings | None) -> Generator:
-        loaded = bundle_lib.load_bundle(path, kind="generator")
-        model = maskgit_from_config(loaded.model)
-        check_tree_matches(loaded.variables["params"], nn.meta.unbox(abstract_variables(model))["params"], path)
-        if tokenizer is None:
-            own = os.path.join(path, TOKENIZER_DIR)
-            if not bundle_lib.is_bundle(own):
-                raise ValueError(
-                    f"Generator bundle {path!r} holds no tokenizer ({TOKENIZER_DIR}/); pass tokenizer= the one it "
-                    "models."
-                )
-            tokenizer = own
-        sampling = loaded.metadata.get("sampling", {})
-        return cls(
-            model, loaded.variables, _tokenizer(tokenizer), settings or SamplingSettings.from_config(sampling),
-            source=path, metadata=loaded.metadata,
+            source.model, source.variables, _tokenizer(tokenizer),
+            settings or SamplingSettings.from_config(source.sampling), source=path, metadata=source.metadata,
+            mesh=source.mesh,
         )  # fmt: skip
 
     # ---- properties -----------------------------------------------------------------
@@ -250,7 +266,9 @@ class Generator:
         return output
 
 
-def _tokenizer(tokenizer: Tokenizer | str) -> Tokenizer:
+def _tokenizer(tokenizer: Tokenizer | WorkdirTokenizer | str) -> Tokenizer:
+    if isinstance(tokenizer, WorkdirTokenizer):
+        return Tokenizer.load(tokenizer.path, config=tokenizer.config)
     return tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
 
 

@@ -93,6 +93,19 @@ def model_of(path: str | os.PathLike, config: ml_collections.ConfigDict | str | 
     return titok_from_config(experiment_config(config).model)
 
 
+def workdir_config(workdir: str, config: ml_collections.ConfigDict | str | None = None) -> ml_collections.ConfigDict:
+    """The experiment config of a training workdir: `config` when given, else the one its run recorded."""
+    if config is not None:
+        return experiment_config(config)
+    recorded = configs.read_run_config(workdir)
+    if recorded is None:
+        raise ValueError(
+            f"{workdir!r} is a training workdir without {configs.RUN_CONFIG}; pass its experiment config "
+            "(file.py[:variant]), or export it first (python -m titok_jax.export)."
+        )
+    return recorded
+
+
 def restore_workdir(
     workdir: str, config: ml_collections.ConfigDict | str, mesh: jax.sharding.Mesh | None = None, ema: bool = True
 ) -> tuple[TiTok, restore.Restored]:
@@ -132,12 +145,7 @@ def load_model_and_variables(
         variables = convert_titok.params_from_state_dict(model, tl.read_state_dict(path), repr(path))
         return model, variables, {"source": path}
     if is_training_workdir(path) or (os.path.isdir(path) and _names_experiment_config(config)):
-        if config is None:
-            raise ValueError(
-                f"{path!r} is a training workdir; pass config= its experiment config (file.py[:variant]), or "
-                "export it first (python -m titok_jax.export)."
-            )
-        experiment = experiment_config(config)
+        experiment = workdir_config(path, config)
         model, restored = restore_workdir(path, experiment)
         variables = {"params": layer_stack.unstack_blocks(sh.to_host(restored.variables["params"]))}
         metadata = {"source": path, "step": restored.step, "variant": experiment.get("variant", "")}

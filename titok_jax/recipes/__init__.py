@@ -9,8 +9,9 @@ A new recipe is one module with the `RecipeModule` functions and one line in `RE
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import jax
@@ -18,8 +19,10 @@ import ml_collections
 import optax
 from absl import logging
 
+from titok_jax import optim
 from titok_jax import sharding as sh
 from titok_jax.data.pipeline import validate_data_config
+from titok_jax.recipes import init_from
 
 if TYPE_CHECKING:  # the loop imports clu and orbax: loading an experiment config should not
     from titok_jax.train.loop import Plan
@@ -101,7 +104,10 @@ class RecipeModule(Protocol):
         """(this process's train iterator, its part of the grid batch)."""
 
     def prepare(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str) -> Plan:
-        """Everything the loop runs: recipe, frozen weights, data, evaluators, hooks."""
+        """Everything the loop runs: recipe, frozen weights, data, evaluators, hooks (the init_from warm start)."""
+
+    def resize_rules(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        """{name: init_from.Resize} of the tables whose shape follows a model size (config.init_from_resize)."""
 
 
 def recipe_name(config: ml_collections.ConfigDict) -> str:
@@ -155,8 +161,19 @@ def validate(config: ml_collections.ConfigDict) -> RecipeModule:
             f"batch_size={config.batch_size} does not split into grad_accum_steps={config.grad_accum_steps} micro-batches."
         )
     module = lookup(config)
+    init_from.validate(config, module.resize_rules(config))
     module.validate(config)
     return module
+
+
+def frozen_params(config: ml_collections.ConfigDict, always: Sequence[str] = ()) -> Callable[[Any], Any] | None:
+    """The optimizer's frozen-parameter mask from config.frozen / config.trainable plus the recipe's `always`
+    frozen patterns (None when everything trains)."""
+    frozen = (*always, *init_from.field(config, "frozen"))
+    trainable = tuple(init_from.field(config, "trainable"))
+    if not frozen and not trainable:
+        return None
+    return functools.partial(optim.frozen_mask, frozen=frozen, trainable=trainable)
 
 
 def stop_reasons() -> tuple[type[Exception], ...]:

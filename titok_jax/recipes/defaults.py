@@ -9,6 +9,7 @@ import ml_collections
 
 from titok_jax import losses
 from titok_jax.data.pipeline import default_data_config
+from titok_jax.recipes import init_from
 
 # The CPU-sized tokenizer: 32 px images, 4 px patches (8x8 grid), 2-layer 64-wide ViTs.
 # init_std: the official 0.02 kernels are sized for 512-1024 wide ViTs; at width 64 the
@@ -59,6 +60,9 @@ def common_config() -> ml_collections.ConfigDict:
     config.log_every = 50
     config.checkpoint_every = 5_000
     config.keep_checkpoints = 3
+    # Fine-tuning: start from trained weights (recipes.init_from; stage 2: the stage-1 workdir) and what trains.
+    for name, value in init_from.DEFAULTS.items():
+        config[name] = value
     return config
 
 
@@ -83,7 +87,6 @@ def base_config() -> ml_collections.ConfigDict:
         dict(every=50_000, metrics=("rfid", "is", "codebook", "psnr", "ssim"), inception_weights="", max_images=0)
     )
     config.eval_batch_size = 64
-    config.init_from = ""  # stage 2: a stage-1 workdir (or its checkpoints/STEP directory)
     return config
 
 

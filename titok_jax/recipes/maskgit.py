@@ -12,6 +12,7 @@ Evaluation samples a fixed class grid with the EMA params and decodes it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Hashable
 from typing import Any, ClassVar
@@ -29,8 +30,10 @@ from titok_jax.data import tokens as token_data
 from titok_jax.inference import generator as generator_lib
 from titok_jax.inference import tokenizer as tokenizer_lib
 from titok_jax.inference.tokenizer import Tokenizer
+from titok_jax.models import resize
 from titok_jax.models.maskgit import MaskGITBert, MaskGITUViT, maskgit_from_config
 from titok_jax.models.titok import TiTok, titok_from_config
+from titok_jax.recipes import init_from
 from titok_jax.sampling import SamplingSettings
 from titok_jax.train import masking
 from titok_jax.train.loop import Plan
@@ -249,7 +252,7 @@ def _recipe(config: ml_collections.ConfigDict, model: Any, tokenizer: TiTok) -> 
     return MaskGITRecipe(
         model=model,
         tokenizer=tokenizer,
-        optimizer=optim.make_optimizer(config.optimizer, config.total_steps),
+        optimizer=optim.make_optimizer(config.optimizer, config.total_steps, frozen=recipes.frozen_params(config)),
         learning_rate=optim.learning_rate_schedule(config.optimizer, config.total_steps),
         seed=config.seed,
         sampling=SamplingSettings.from_config(config.sampling),
@@ -284,10 +287,29 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, np.ndar
 
 def prepare(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str) -> Plan:
     """The loop's plan: recipe + frozen tokenizer, token (or image) data, the EMA sample grid."""
-    del workdir
     recipe, frozen = build(config)
+    warm_start = init_from.warm_start(
+        config, workdir, init_from.abstract_params(recipe, config.seed), load_init_source, resize_rules(config)
+    )
     train_iter, grid_batch = make_data(config)
     return Plan(
         recipe=recipe, frozen=frozen, mesh=mesh, train_iter=train_iter, grid_batch=grid_batch,
-        grid_every=config.sample_every,
+        grid_every=config.sample_every, warm_start=warm_start,
     )  # fmt: skip
+
+
+# ---- fine-tuning starts (recipes.init_from) ----------------------------------------------------------------
+def resize_rules(config: ml_collections.ConfigDict) -> dict[str, init_from.Resize]:
+    """class_table: another number of classes (the class rows of the word-embedding table cut, or grown
+    with fresh rows; the codes, the mask and the null class kept)."""
+    rows = functools.partial(resize.class_rows, codebook_size=config.model.codebook_size)
+    return {"class_table": init_from.Resize(("word_embeddings/embedding", "embeddings/embedding"), rows)}
+
+
+def load_init_source(path: str, source_config: str | None) -> init_from.Loaded:
+    """A generator's params from a training workdir (its recorded config, or `source_config`), a generator
+    bundle, or an official generator checkpoint (hub directory, or weights file + `source_config` yaml/json)."""
+    path = init_from.resolve_source(path, ARTIFACT)
+    loaded = generator_lib.load_model_and_variables(path, source_config)
+    step = f" step {loaded.metadata['step']}" if "step" in loaded.metadata else ""
+    return init_from.Loaded(init_from.flat_host_params(loaded.variables), f"{path!r}{step}")

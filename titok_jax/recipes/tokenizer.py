@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Hashable
 from typing import Any, ClassVar
 
@@ -26,13 +25,12 @@ from titok_jax import checkpoint, losses, optim, recipes
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline
 from titok_jax.evaluation import tokenizer_eval
-from titok_jax.inference import restore
 from titok_jax.inference import tokenizer as tokenizer_lib
-from titok_jax.models import layer_stack, quantizers
+from titok_jax.models import layer_stack, quantizers, resize
 from titok_jax.models.discriminator import NLayerDiscriminator
 from titok_jax.models.titok import DISCRETE_MODES, TiTok, pixel_decoder_fields, titok_from_config
 from titok_jax.models.vqgan import VQGAN
-from titok_jax.recipes import teacher
+from titok_jax.recipes import init_from, teacher
 from titok_jax.train.loop import Evaluator, Plan
 from titok_jax.train.state import TrainState
 
@@ -345,8 +343,7 @@ def build(config: ml_collections.ConfigDict, random_frozen: bool = False) -> tup
     of reading their files: for benchmarks, where only shapes matter."""
     stage = config.recipe
     model = titok_from_config(config.model)
-    frozen_prefixes = STAGE2_FROZEN if stage == "two_stage_2" else ()
-    frozen_fn = (lambda params: optim.trainable_mask(params, frozen_prefixes, negate=True)) if frozen_prefixes else None
+    frozen_fn = recipes.frozen_params(config, always=STAGE2_FROZEN if stage == "two_stage_2" else ())
     common = dict(
         model=model,
         optimizer=optim.make_optimizer(config.optimizer, config.total_steps, frozen=frozen_fn),
@@ -450,9 +447,13 @@ def prepare(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir:
             )  # fmt: skip
 
         evaluators.append(Evaluator(every=evaluation.every, run=run))
-    warm_start = None
-    if config.get("init_from"):
-        warm_start = functools.partial(init_from_stage1, config=config, mesh=mesh)
+    fill, fill_patterns = None, ()
+    if config.recipe == "two_stage_2":  # as the official finetune_decoder: the teacher's decoder for pixels
+        fill, fill_patterns = functools.partial(teacher_pixel_decoder, config), PIXEL_DECODER
+    warm_start = init_from.warm_start(
+        config, workdir, init_from.abstract_params(recipe, config.seed), load_init_source, resize_rules(config),
+        fill, fill_patterns,
+    )  # fmt: skip
     return Plan(
         recipe=recipe,
         frozen=frozen,
@@ -478,33 +479,44 @@ def check_resume_layout(workdir: str, step: int, config: ml_collections.ConfigDi
         )
 
 
-# ---- stage 2 warm start -----------------------------------------------------------------------------------
-def init_from_stage1(state: TrainState, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> TrainState:
-    """Replaces the random params of a fresh stage-2 state by the stage-1 EMA params (read params-only, in
-    either ViT block layout) plus the teacher's decoder and codebook (the teacher file read once)."""
-    directory = config.init_from
-    if os.path.isdir(os.path.join(directory, "checkpoints")):
-        directory = os.path.join(directory, "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(
-            f"config.init_from={config.init_from!r} is not a stage-1 workdir or checkpoints directory."
-        )
-    workdir = os.path.dirname(os.path.abspath(directory))
-    stage1_model = titok_from_config(config.model, with_pixel_decoder=False)
-    images = jax.ShapeDtypeStruct((1, *stage1_model.image_shape), jnp.float32)
-    restored = restore.restore_params(workdir, stage1_model, (images,), mesh, hint="train stage 1 there first.")
-    stage1_params = restored.variables["params"]
+# ---- fine-tuning starts (recipes.init_from) ----------------------------------------------------------------
+# The stage-2 pixel decoder: the teacher VQGAN's decoder and codebook, filled in when the source lacks them.
+PIXEL_DECODER = ("pixel_decoder", "pixel_quantize")
 
+
+def resize_rules(config: ml_collections.ConfigDict) -> dict[str, init_from.Resize]:
+    """grid_positions: a new image or patch size (the [class | grid] tables interpolated); latent_tokens: a
+    new token count (the latent-token tables cut, or grown with fresh rows)."""
+    del config
+    return {
+        "grid_positions": init_from.Resize(("*/positional_embedding",), resize.grid_positions),
+        "latent_tokens": init_from.Resize(
+            ("latent_tokens", "*/latent_token_positional_embedding"), resize.leading_rows
+        ),
+    }
+
+
+def load_init_source(path: str, source_config: str | None) -> init_from.Loaded:
+    """A tokenizer's params from a training workdir (its recorded config, or `source_config`), a bundle, an
+    official hub directory, or a weights file + `source_config` (config.json / official .yaml)."""
+    path = init_from.resolve_source(path, ARTIFACT)
+    _, variables, metadata = tokenizer_lib.load_model_and_variables(path, source_config)
+    step = f" step {metadata['step']}" if "step" in metadata else ""
+    return init_from.Loaded(init_from.flat_host_params(variables), f"{path!r}{step}")
+
+
+def teacher_pixel_decoder(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """The stage-2 pixel decoder's params from the teacher VQGAN (its file read once, here)."""
     _, teacher_variables = teacher.load_teacher(config.teacher, config.model.image_size, config.seed)
-    params = dict(state.params["params"])
-    for key, value in stage1_params.items():
-        params[key] = value
-    params["pixel_quantize"] = {"codebook": teacher_variables["params"]["quantizer"]["codebook"]}
-    params["pixel_decoder"] = teacher_variables["params"]["decoder"]
-    shardings = jax.tree.map(lambda x: x.sharding, state.params)
-    loaded = jax.device_put({"params": params}, shardings)
-    # Separate buffers: the train step donates the state, and a buffer donated twice is freed twice.
-    return state.replace(params=loaded, ema_params=jax.tree.map(jnp.copy, loaded))
+    params = teacher_variables["params"]
+    return init_from.flat_host_params(
+        {
+            "params": {
+                "pixel_quantize": {"codebook": params["quantizer"]["codebook"]},
+                "pixel_decoder": params["decoder"],
+            }
+        }
+    )
 
 
 # ---- reading a trained run -------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from titok_jax import checkpoint, files, trees
+from titok_jax import checkpoint, configs, files, trees
 
-NAME = "run_config.json"
+NAME = configs.RUN_CONFIG
 
 
 def record(workdir: str, config: ml_collections.ConfigDict) -> None:

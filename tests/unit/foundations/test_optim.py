@@ -11,6 +11,7 @@ from titok_jax import losses, optim
 from titok_jax.recipes import defaults
 from titok_jax.recipes.tokenizer import PixelRecipe
 from titok_jax.train.accumulate import accumulate
+from titok_jax.trees import path_name
 
 # The recipes' optimizer block with a short warmup.
 OPT = defaults.base_config().optimizer
@@ -70,7 +71,7 @@ def test_ema_decay_warmup():
 
 def test_frozen_params_get_no_update_and_no_state():
     params = {"params": {"encoder": {"w": jnp.ones((2, 2))}, "decoder": {"w": jnp.ones((2, 2))}}}
-    frozen = lambda p: optim.trainable_mask(p, ("encoder",), negate=True)  # noqa: E731
+    frozen = lambda p: optim.frozen_mask(p, frozen=("encoder",))  # noqa: E731
     opt = optim.make_optimizer(OPT, total_steps=100, frozen=frozen)
     state = opt.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
@@ -80,6 +81,42 @@ def test_frozen_params_get_no_update_and_no_state():
     assert float(jnp.abs(updates["params"]["decoder"]["w"]).max()) > 0.0
     state_leaves = jax.tree_util.tree_leaves(state)
     assert sum(x.size for x in state_leaves) < 3 * 4 + 10  # mu, nu of the decoder only (+ counters)
+
+
+def test_frozen_and_trainable_patterns():
+    params = {
+        "params": {
+            "encoder": {"transformer": {f"block_{i}": {"w": jnp.ones(2)} for i in range(3)}},
+            "decoder": {"transformer": {f"block_{i}": {"w": jnp.ones(2)} for i in range(3)}, "ffn": {"w": jnp.ones(2)}},
+            "latent_tokens": jnp.ones(2),
+        }
+    }
+
+    def frozen_names(**patterns):
+        mask = optim.frozen_mask(params, **patterns)
+        flat = jax.tree_util.tree_flatten_with_path(mask)[0]
+        return sorted(path_name(p).removeprefix("params/") for p, frozen in flat if frozen)
+
+    assert frozen_names(frozen=("encoder", "latent_tokens")) == [
+        "encoder/transformer/block_0/w", "encoder/transformer/block_1/w", "encoder/transformer/block_2/w",
+        "latent_tokens",
+    ]  # fmt: skip
+    # Last two decoder blocks and the head train; everything else is frozen.
+    trainable = ("decoder/transformer/block_[12]/*", "decoder/ffn")
+    assert len(frozen_names(trainable=trainable)) == 3 + 1 + 1
+    assert "decoder/transformer/block_0/w" in frozen_names(trainable=trainable)
+    assert frozen_names(trainable=("decoder",), frozen=("decoder/ffn",))[-1] == "latent_tokens"
+    assert "decoder/ffn/w" in frozen_names(trainable=("decoder",), frozen=("decoder/ffn",))
+
+
+def test_ema_of_a_param_that_does_not_move_stays_exactly_put():
+    start = jax.random.normal(jax.random.PRNGKey(0), (1000,))
+    ema = start
+    for step in range(50):
+        ema = optim.ema_update(ema, start, optim.ema_decay(jnp.array(step), 0.999))
+    assert bool(jnp.all(ema == start))  # bit for bit, not just close
+    moving = optim.ema_update(start, start + 1.0, jnp.array(0.999))
+    np.testing.assert_allclose(moving, start + 1e-3, rtol=1e-5, atol=1e-5)
 
 
 def test_accumulated_microbatches_equal_one_big_batch():

@@ -68,7 +68,7 @@ def test_two_stage_stage1_then_stage2(tmp_path):
 
 def test_stage2_without_stage1_checkpoint_fails_clearly(tmp_path):
     config = tiny_config("two_stage:tiny,stage=2", init_from=str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError, match="is not a stage-1 workdir"):
+    with pytest.raises(FileNotFoundError, match=r"config.init_from=.*missing' does not exist"):
         recipes.train(config, str(tmp_path / "run"))
 
 
