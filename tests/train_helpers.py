@@ -1,10 +1,16 @@
 """Tiny training configs for the driver tests, and a tokenizer workdir written without training."""
 
+import json
+import os
+
 import jax
 from helpers import GENERATOR, SINGLE_STAGE, TWO_STAGE
 
 from titok_jax import checkpoint, configs, recipes, sweeps
 from titok_jax import sharding as sh
+from titok_jax.convert import generator as convert_generator
+from titok_jax.convert import titok as convert_titok
+from titok_jax.convert import torch_layout as tl
 from titok_jax.train import run_config
 from titok_jax.train.state import create_train_state
 
@@ -77,3 +83,29 @@ def restore_state(config, workdir, mesh=None):
     finally:
         manager.close()
     return recipe, state, step
+
+
+def write_official_generator(model, variables, sampling, directory) -> None:
+    """The official hub layout (config.json + model.safetensors with the official keys) of a generator's
+    model, {"params"} and sampler settings."""
+    os.makedirs(directory)
+    official = {
+        "model_type": "ViT",
+        "hidden_size": model.hidden_size,
+        "num_hidden_layers": model.depth,
+        "num_attention_heads": model.num_heads,
+        "intermediate_size": model.intermediate_size,
+        "dropout": model.dropout,
+        "attn_drop": model.attention_dropout,
+        "image_seq_len": model.num_tokens,
+        "condition_num_classes": model.num_classes,
+        "num_steps": sampling.num_steps,
+        "guidance_scale": sampling.guidance_scale,
+        "randomize_temperature": sampling.randomize_temperature,
+        "guidance_decay": sampling.guidance_schedule,
+    }
+    config = {"model": {"vq_model": {"codebook_size": model.codebook_size}, "generator": official}}
+    with open(os.path.join(directory, convert_titok.CONFIG_NAME), "w") as f:
+        json.dump(config, f)
+    state = convert_generator.state_dict_from_params(model, jax.device_get(variables))
+    tl.save_safetensors(state, os.path.join(directory, convert_titok.SAFETENSORS_NAME), metadata={"format": "pt"})

@@ -12,14 +12,18 @@ import jax
 import numpy as np
 import pytest
 from helpers import TWO_STAGE
-from train_helpers import build_recipe, restore_state, tiny_config, tiny_generator_config, write_tokenizer
+from train_helpers import (
+    build_recipe,
+    restore_state,
+    tiny_config,
+    tiny_generator_config,
+    write_official_generator,
+    write_tokenizer,
+)
 
 from titok_jax import Generator, Tokenizer, recipes
 from titok_jax import sharding as sh
-from titok_jax.convert import generator as convert_generator
 from titok_jax.convert import perceptual as convert_perceptual
-from titok_jax.convert import titok as convert_titok
-from titok_jax.convert import torch_layout as tl
 from titok_jax.inference import pretokenize
 from titok_jax.recipes import teacher
 from titok_jax.recipes import tokenizer as tokenizer_recipe
@@ -128,32 +132,6 @@ def _training_sampler_tokens(config, workdir, class_ids, key):
         return np.asarray(jax.jit(recipe.sample)(state.ema_params, labels, key))
 
 
-def _write_official_generator(generator: Generator, directory) -> None:
-    """The official hub layout (config.json + model.safetensors with the official keys) of `generator`."""
-    model, sampling = generator.model, generator.settings
-    os.makedirs(directory)
-    official = {
-        "model_type": "ViT",
-        "hidden_size": model.hidden_size,
-        "num_hidden_layers": model.depth,
-        "num_attention_heads": model.num_heads,
-        "intermediate_size": model.intermediate_size,
-        "dropout": model.dropout,
-        "attn_drop": model.attention_dropout,
-        "image_seq_len": model.num_tokens,
-        "condition_num_classes": model.num_classes,
-        "num_steps": sampling.num_steps,
-        "guidance_scale": sampling.guidance_scale,
-        "randomize_temperature": sampling.randomize_temperature,
-        "guidance_decay": sampling.guidance_schedule,
-    }
-    config = {"model": {"vq_model": {"codebook_size": model.codebook_size}, "generator": official}}
-    with open(os.path.join(directory, convert_titok.CONFIG_NAME), "w") as f:
-        json.dump(config, f)
-    state = convert_generator.state_dict_from_params(model, jax.device_get(generator.variables))
-    tl.save_safetensors(state, os.path.join(directory, convert_titok.SAFETENSORS_NAME), metadata={"format": "pt"})
-
-
 def test_generator_load_samples_the_training_samplers_tokens(generator_run):
     config, workdir, root = generator_run
     class_ids = np.arange(16, dtype=np.int32) % config.model.num_classes
@@ -172,7 +150,7 @@ def test_generator_load_samples_the_training_samplers_tokens(generator_run):
     np.testing.assert_array_equal(bundle_tokens, expected)
     np.testing.assert_array_equal(bundle_images, images)
 
-    _write_official_generator(from_workdir, root / "official")
+    write_official_generator(from_workdir.model, from_workdir.variables, from_workdir.settings, root / "official")
     from_official = Generator.load(str(root / "official"), tokenizer=str(root / "bundle" / "tokenizer"))
     assert from_official.settings == from_workdir.settings
     np.testing.assert_array_equal(from_official.generate(class_ids, seed=seed, batch_size=16)[1], expected)

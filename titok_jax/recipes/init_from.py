@@ -160,10 +160,12 @@ def plan(
     rules: Mapping[str, Resize] | None = None,
     fill: Callable[[], dict[str, np.ndarray]] | None = None,
     fill_patterns: Sequence[str] = (),
+    offered: Sequence[str] = (),
 ) -> Transfer:
     """Matches a source's parameters to the target's (flat name -> shape-bearing leaf) and raises one error
-    naming every key that does not fit. `rules` are the allowed resize rules; `fill()` gives the values of
-    parameters matching `fill_patterns` that the source lacks (read only when needed)."""
+    naming every key that does not fit. `rules` are the allowed resize rules (`offered`: the names of all the
+    recipe has, for the message); `fill()` gives the values of parameters matching `fill_patterns` that the
+    source lacks (read only when needed)."""
     rules = rules or {}
     how: dict[str, str] = {}
     values = dict(loaded.params)
@@ -201,7 +203,7 @@ def plan(
             f"config.init_from={loaded.description} does not fit this model in {len(problems)} parameter(s): "
             + "; ".join(problems)
             + ". Leave them at their fresh init with config.init_from_skip, allow a resize with "
-            f"config.init_from_resize ({', '.join(rules) or 'this recipe has none'}), or start from weights of "
+            f"config.init_from_resize ({', '.join(offered or rules) or 'this recipe has none'}), or start from weights of "
             "this model."
         )
     # Resizes are checked now (before anything compiles) on stand-ins of the fresh tables.
@@ -255,7 +257,7 @@ def warm_start(
     loaded = load(source, source_config(config))
     target = traverse_util.flatten_dict(dict(layer_stack.unstack_blocks(abstract_params)["params"]), sep="/")
     allowed = {name: rules[name] for name in field(config, "init_from_resize")}
-    transfer = plan(target, loaded, field(config, "init_from_skip"), allowed, fill, fill_patterns)
+    transfer = plan(target, loaded, field(config, "init_from_skip"), allowed, fill, fill_patterns, tuple(rules))
     logging.info("%s", transfer.report())
     return transfer.apply
 
