@@ -1,6 +1,7 @@
 """Driver guarantees: sharded step equals single-device step, one trace, bit-identical resume after kill -9."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from train_helpers import build_recipe, tiny_config
 
 from titok_jax import recipes
 from titok_jax import sharding as sh
+from titok_jax.convert import titok as convert_titok
 from titok_jax.data import pipeline
+from titok_jax.models.titok import titok_from_config
 from titok_jax.train import loop
 from titok_jax.train.state import create_train_state
 from titok_jax.train.step import train_step
@@ -131,32 +134,49 @@ def _assert_same_final_state(reference_dir, resumed_dir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The workdir of the 40-step run below, uninterrupted (the reference of the resume tests)."""
+def source(tmp_path_factory):
+    """The weights the runs below fine-tune from (config.init_from): a tiny official-layout hub directory."""
+    directory = str(tmp_path_factory.mktemp("source") / "hub")
+    config = tiny_config("single_stage:tiny_vq")
+    model = titok_from_config(config.model)
+    boxed = jax.jit(model.init)(jax.random.PRNGKey(7), np.zeros((1, *model.image_shape), np.float32))
+    convert_titok.save_hub_tokenizer(model, jax.device_get(nn.meta.unbox(boxed)), directory, allow_custom_sizes=True)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, source):
+    """The workdir of the 40-step fine-tune below, uninterrupted (the reference of the resume tests)."""
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    _finish(_run_main(workdir))
+    _finish(_run_main(workdir, f"--config.init_from={source}"))
     return workdir
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_is_bit_identical(uninterrupted, tmp_path):
-    resumed_dir = str(tmp_path / "resumed")
-    victim = _run_main(resumed_dir)
+def test_kill_9_then_resume_is_bit_identical(uninterrupted, source, tmp_path):
+    """Resume beats init_from: the rerun resumes the killed fine-tune (its source is gone by then)."""
+    own_source, resumed_dir = str(tmp_path / "source"), str(tmp_path / "resumed")
+    shutil.copytree(source, own_source)
+    victim = _run_main(resumed_dir, f"--config.init_from={own_source}")
     _wait_for_checkpoint(victim, resumed_dir, 20)  # then kill it hard
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not os.path.isdir(os.path.join(resumed_dir, "checkpoints", "40")), "killed too late to test a resume"
-    _finish(_run_main(resumed_dir))  # the same command again
+    shutil.rmtree(own_source)
+    err = _finish(_run_main(resumed_dir, f"--config.init_from={own_source}"))  # the same command again
+    assert f"resuming from them; config.init_from={own_source} is not read" in err
     _assert_same_final_state(uninterrupted, resumed_dir)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_stop_signal_saves_the_current_step_exits_0_and_the_rerun_is_bit_identical(uninterrupted, tmp_path, stop):
+def test_a_stop_signal_saves_the_current_step_exits_0_and_the_rerun_is_bit_identical(
+    uninterrupted, source, tmp_path, stop
+):
     """A scheduler's SIGTERM or a Ctrl-C: the run finishes its step, saves it (off the save interval) and
     exits 0; the same command resumes there."""
     workdir = str(tmp_path / "run")
-    victim = _run_main(workdir)
+    victim = _run_main(workdir, f"--config.init_from={source}")
     _wait_for_checkpoint(victim, workdir, 20)
     victim.send_signal(stop)
     err = _finish(victim)
@@ -164,7 +184,7 @@ def test_a_stop_signal_saves_the_current_step_exits_0_and_the_rerun_is_bit_ident
     assert 20 < stopped < 40, f"stopped at {stopped}: the signal came too late to test a resume"
     assert f"{stop.name} at step {stopped}: saved checkpoint {stopped}" in err
     assert not os.path.exists(os.path.join(workdir, "lock"))
-    _finish(_run_main(workdir))
+    _finish(_run_main(workdir, f"--config.init_from={source}"))
     _assert_same_final_state(uninterrupted, workdir)
 
 
