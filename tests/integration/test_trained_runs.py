@@ -6,6 +6,7 @@ tokens."""
 
 import json
 import os
+import shutil
 
 import flax.serialization
 import jax
@@ -158,8 +159,14 @@ def test_generator_load_samples_the_training_samplers_tokens(generator_run):
 
 def test_generator_load_refusals(generator_run, tmp_path):
     config, workdir, _ = generator_run
-    with pytest.raises(ValueError, match="pass config= its experiment config"):
-        Generator.load(workdir)
+    # A workdir loads with the config its run recorded; without that record it needs the experiment config.
+    np.testing.assert_array_equal(
+        Generator.load(workdir).generate([1, 2])[1], Generator.load(workdir, config).generate([1, 2])[1]
+    )
+    shutil.copytree(workdir, tmp_path / "unrecorded")
+    os.remove(tmp_path / "unrecorded" / "run_config.json")
+    with pytest.raises(ValueError, match=r"without run_config\.json; pass its experiment config"):
+        Generator.load(str(tmp_path / "unrecorded"))
     (tmp_path / "official").mkdir()
     with pytest.raises(ValueError, match="pass tokenizer= the tokenizer it models"):
         Generator.load(str(tmp_path / "official"))

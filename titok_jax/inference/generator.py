@@ -198,12 +198,21 @@ class Generator:
         hub directory (or weights file + `config` yaml/json) with `tokenizer`. `tokenizer` (a Tokenizer or any
         path Tokenizer.load takes) replaces the one the source names; `settings` replaces its sampler's."""
         path = os.fspath(path)
+        names_own_tokenizer = (
+            tokenizer_lib.is_training_workdir(path)
+            or isinstance(config, ml_collections.ConfigDict)
+            or bundle_lib.is_bundle(path)
+        )
+        if tokenizer is None and not names_own_tokenizer and os.path.exists(path):
+            raise ValueError(
+                f"{path!r} is an official generator checkpoint; pass tokenizer= the tokenizer it models (an "
+                "official hub directory, a bundle, or a training workdir)."
+            )
         source = load_model_and_variables(path, config, on_mesh=True)
         tokenizer = tokenizer if tokenizer is not None else source.tokenizer
         if tokenizer is None:
             raise ValueError(
-                f"{path!r} names no tokenizer (an official generator checkpoint, or a bundle without {TOKENIZER_DIR}/); "
-                "pass tokenizer= the tokenizer it models (an official hub directory, a bundle, or a training workdir)."
+                f"Generator bundle {path!r} holds no tokenizer ({TOKENIZER_DIR}/); pass tokenizer= the one it models."
             )
         return cls(
             source.model, source.variables, _tokenizer(tokenizer),

@@ -33,6 +33,7 @@ from titok_jax.models.vqgan import VQGAN
 from titok_jax.recipes import init_from, teacher
 from titok_jax.train.loop import Evaluator, Plan
 from titok_jax.train.state import TrainState
+from titok_jax.trees import matches
 
 ARTIFACT = recipes.TOKENIZER
 
@@ -310,6 +311,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     model = titok_from_config(config.model)
     if config.data.image_size != model.image_size:
         raise ValueError(f"data.image_size={config.data.image_size} differs from model.image_size={model.image_size}.")
+    frozen, trainable = init_from.field(config, "frozen"), init_from.field(config, "trainable")
+    codebook = "quantize/codebook"
+    if model.clustering_vq and (matches(codebook, frozen) or (trainable and not matches(codebook, trainable))):
+        raise ValueError(
+            "The codebook is frozen (config.frozen / config.trainable) but model.clustering_vq=True would still move "
+            "its dead codes: set --config.model.clustering_vq=False."
+        )
     if config.recipe in ("two_stage_1", "two_stage_2"):
         if model.quantize_mode not in ("vq", "vae"):
             raise ValueError(

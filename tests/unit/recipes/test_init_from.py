@@ -88,3 +88,43 @@ def test_plan_fills_only_what_the_source_lacks_and_reads_the_fill_only_then():
         init_from.plan(target, stage2, fill=fill, fill_patterns=("pixel_decoder",)).how["pixel_decoder/w"] == "loaded"
     )
     assert reads == [1]
+
+
+def test_fine_tuning_fields_are_checked_before_anything_is_read():
+    from train_helpers import tiny_config
+
+    from titok_jax import recipes
+
+    for overrides, message in (
+        (
+            {"init_from_resize": ("grid_positions", "classes")},
+            r"unknown rules \['classes'\]; this recipe has: grid_pos",
+        ),
+        ({"frozen": ("",)}, r"config.frozen must be a tuple of non-empty strings"),
+        ({"frozen": ("quantize",)}, r"model.clustering_vq=True would still move its dead codes"),
+        ({"trainable": ("decoder",)}, r"model.clustering_vq=True would still move its dead codes"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            recipes.validate(tiny_config("single_stage:tiny_vq", **overrides))
+    recipes.validate(tiny_config("single_stage:tiny_vq", trainable=("decoder",), **{"model.clustering_vq": False}))
+
+
+@pytest.mark.parametrize(
+    "variant", ["vq", "vae", "decoder", "l64_512", "b128_512", "generator_classes", "tiny_vq", "tiny_64px"]
+)
+def test_every_finetune_starting_point_is_a_valid_config(variant, tmp_path):
+    from helpers import EXPERIMENTS
+    from PIL import Image
+
+    from titok_jax import configs, recipes
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "photos" / "a.png")
+    extra = "num_classes=20" if variant == "generator_classes" else f"root={tmp_path / 'photos'}"
+    config = configs.load_config(f"{EXPERIMENTS / 'finetune.py'}:{variant},init_from={tmp_path / 'source'},{extra}")
+    recipes.validate(config)
+    assert config.init_from == str(tmp_path / "source") and config.optimizer.warmup_steps <= 1_000
+    if variant in ("l64_512", "b128_512"):
+        assert config.model.image_size == 512 and config.init_from_resize == ("grid_positions", "latent_tokens")
+    if variant == "generator_classes":
+        assert config.model.num_classes == 20 and config.init_from_resize == ("class_table",)
