@@ -33,7 +33,6 @@ def run(config, options: Options) -> dict[str, float]:
     except recipes.stop_reasons() as err:  # the message says it all: one line, exit 1
         logging.error("%s", err)
         sys.exit(1)
-    logging.info("Final metrics: %s", metrics)
     return metrics
 
 

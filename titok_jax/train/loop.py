@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +29,7 @@ from titok_jax import checkpoint, files, images
 from titok_jax import sharding as sh
 from titok_jax.data.device_prefetch import DevicePrefetch
 from titok_jax.train import guard, run_config, stop_signals, workdir_lock
+from titok_jax.train.progress import Progress, duration
 from titok_jax.train.state import TrainState, create_train_state
 from titok_jax.train.step import make_step_fns
 
@@ -76,6 +79,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, plan: Plan) -> dict[s
     """
     lock = workdir_lock.hold(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock, stop_signals.Catch() as stop:
+        run_config.record_command(workdir)
         return _train(config, workdir, plan, stop)
 
 
@@ -121,17 +125,20 @@ def _restore_or_init(manager, abstract, train_iter, workdir, config, plan, init)
 def _loop(config, workdir, plan, stop, manager, state, train_iter, frozen, shardings) -> dict[str, float]:
     recipe, mesh = plan.recipe, plan.mesh
     start_step = int(jax.device_get(state.step))
+    if start_step >= config.total_steps:
+        return _complete(workdir, start_step, config.total_steps)
     if jax.process_index() == 0:
-        logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
+        _write_parameter_overview(workdir, state.params)
 
     step_fns = make_step_fns(recipe, shardings)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     hooks = []
     if jax.process_index() == 0:
-        hooks += [
-            periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer),
-            periodic_actions.Profile(num_profile_steps=5, logdir=workdir),
-        ]
+        hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
+    progress = Progress(config.total_steps, config.batch_size, start_step)
+    logging.info(
+        "Training %s from step %d to %d in %s.", type(recipe).__name__, start_step, config.total_steps, workdir
+    )
 
     last_metrics: dict[str, float] = {}
     metric_sums, metric_count, window_start, tracker = None, 0, time.time(), None
@@ -157,13 +164,21 @@ def _loop(config, workdir, plan, stop, manager, state, train_iter, frozen, shard
                 last_metrics["images_per_second_per_device"] = (
                     metric_count * config.batch_size / max(elapsed, 1e-9) / jax.device_count()
                 )
+                last_metrics["steps_per_second"] = metric_count / max(elapsed, 1e-9)
                 writer.write_scalars(done, dict(last_metrics))
+                logging.info("%s", progress.line(done, last_metrics, metric_count, elapsed))
                 metric_sums, metric_count, window_start = None, 0, time.time()
             if done % plan.grid_every == 0 or last:
                 last_metrics.update(_write_grid(recipe, state, plan.grid_batch, frozen, mesh, writer, done))
             for evaluator in plan.evaluators:
                 if done % evaluator.every == 0 or last:
+                    logging.info("Evaluating at step %d ...", done)
+                    began = time.time()
                     results = {f"eval/{k}": v for k, v in evaluator.run(state, done).items()}
+                    logging.info(
+                        "Evaluation at step %d done in %s: %s", done, duration(time.time() - began),
+                        ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in sorted(results.items())),
+                    )  # fmt: skip
                     writer.write_scalars(done, dict(results))
                     files.write_eval_results(workdir, done, {k.removeprefix("eval/"): v for k, v in results.items()})
                     last_metrics.update(results)
@@ -183,6 +198,32 @@ def _loop(config, workdir, plan, stop, manager, state, train_iter, frozen, shard
                 break
     writer.flush()
     return last_metrics
+
+
+def _complete(workdir: str, step: int, total_steps: int) -> dict[str, Any]:
+    """A rerun of a finished run: says so, and returns its last evaluation."""
+    logging.info(
+        "%s is complete at step %d (config.total_steps=%d): nothing to train. Raise --config.total_steps to "
+        "train on.", workdir, step, total_steps,
+    )  # fmt: skip
+    summary: dict[str, Any] = {"complete": True, "step": step}
+    path = os.path.join(workdir, "eval", f"step_{step}.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            summary.update({f"eval/{k}": v for k, v in json.load(f).items()})
+    return summary
+
+
+PARAMETERS_FILE = "parameters.txt"
+
+
+def _write_parameter_overview(workdir: str, params: Any) -> None:
+    """The parameter table to WORKDIR/parameters.txt; one line on the console."""
+    count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+    arrays = len(jax.tree_util.tree_leaves(params))
+    with files.atomic_write(os.path.join(workdir, PARAMETERS_FILE), "w") as f:
+        f.write(parameter_overview.get_parameter_overview(params, include_stats=False) + "\n")
+    logging.info("%s parameters in %d arrays (the table: %s).", f"{count:,}", arrays, PARAMETERS_FILE)
 
 
 @functools.partial(jax.jit, static_argnames=("recipe",))

@@ -1,4 +1,5 @@
-"""WORKDIR/run_config.json: the config a run started with, and the check that a resume fits its checkpoint.
+"""WORKDIR/run_config.json: the config a run started with (and WORKDIR/commands.txt: every command line that
+started or resumed it), and the check that a resume fits its checkpoint.
 
 A workdir reused with another model's config is refused before orbax reads anything, with the parameter
 shapes that differ and the config fields that differ from the run that wrote the checkpoint.
@@ -6,8 +7,11 @@ shapes that differ and the config fields that differ from the run that wrote the
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import shlex
+import sys
 from typing import Any
 
 import jax
@@ -25,6 +29,20 @@ def record(workdir: str, config: ml_collections.ConfigDict) -> None:
         os.makedirs(workdir, exist_ok=True)
         with files.atomic_write(path, "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+COMMANDS = "commands.txt"
+
+
+def record_command(workdir: str) -> None:
+    """Appends this start's command line (with the UTC time) to WORKDIR/commands.txt (process 0): how each
+    start and resume of the run was launched."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    with open(os.path.join(workdir, COMMANDS), "a") as f:
+        f.write(f"{stamp}  {shlex.join([os.path.basename(sys.executable), *sys.argv])}\n")
 
 
 def check_fits(workdir: str, step: int, abstract_state: Any, config: ml_collections.ConfigDict) -> None:
