@@ -48,7 +48,15 @@ MOVED_TO_512 = ("l64_512", "b128_512")
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = configs.parse_arg(
-        arg, VARIANTS, variant="tiny_vq", init_from="", root="", list_file="", num_classes=0, tokenizer="", tokens_dir=""
+        arg,
+        VARIANTS,
+        variant="tiny_vq",
+        init_from="",
+        root="",
+        list_file="",
+        num_classes=0,
+        tokenizer="",
+        tokens_dir="",
     )
     config = configs.load_config(os.path.join(_HERE, VARIANTS[arg.variant]))
     config.variant = f"finetune_{arg.variant}"
