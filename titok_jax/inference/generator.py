@@ -3,6 +3,7 @@
   gen = Generator.load("/tmp/titok_tiny_generator", config="experiments/maskgit_generator.py:tiny")
   gen = Generator.load("exported_generator/")                      # a generator bundle (its tokenizer inside)
   gen = Generator.load("generator_titok_l32_imagenet/", tokenizer="tokenizer_titok_l32_imagenet/")  # official
+  gen = Generator.from_pretrained("org/generator", tokenizer="org/tokenizer")  # by hub name (a bundle: no tokenizer=)
   images, tokens = gen.generate(class_ids, seed=0)                  # uint8 (N, H, W, 3), int32 (N, K)
 
 `load` accepts a training workdir plus its experiment config (EMA params, read params-only; the
@@ -30,7 +31,7 @@ from jax.experimental import multihost_utils
 from titok_jax import sharding as sh
 from titok_jax.convert import generator as convert_generator
 from titok_jax.inference import bundle as bundle_lib
-from titok_jax.inference import restore
+from titok_jax.inference import hub, restore
 from titok_jax.inference import tokenizer as tokenizer_lib
 from titok_jax.inference.tokenizer import Tokenizer
 from titok_jax.models.maskgit import MaskGITBert, MaskGITUViT, maskgit_fields, maskgit_from_config
@@ -40,6 +41,13 @@ from titok_jax.trees import check_tree_matches
 
 TOKENIZER_DIR = "tokenizer"  # a generator bundle's own tokenizer bundle
 GeneratorModel = MaskGITBert | MaskGITUViT
+# What `load` reads of a hub repo (all that `from_pretrained` downloads): a generator bundle with its
+# tokenizer's bundle inside, or the official config + weights (the same names as a tokenizer's).
+HUB_FILES = (
+    *tokenizer_lib.HUB_FILES,
+    f"{TOKENIZER_DIR}/{bundle_lib.BUNDLE_FILE}",
+    f"{TOKENIZER_DIR}/{bundle_lib.PARAMS_FILE}",
+)
 
 
 def sample_tokens(
@@ -219,6 +227,31 @@ class Generator:
             settings or SamplingSettings.from_config(source.sampling), source=path, metadata=source.metadata,
             mesh=source.mesh,
         )  # fmt: skip
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str | os.PathLike,
+        tokenizer: Tokenizer | str | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        settings: SamplingSettings | None = None,
+    ) -> Generator:
+        """A released generator by hub name, downloaded into the hub cache or read from it offline
+        (HF_HUB_OFFLINE=1): an official generator repo with `tokenizer` (a Tokenizer, a hub repo id or a local
+        path), or a pushed generator bundle (its tokenizer inside). A local path is read as `load` reads it."""
+        directory = hub.resolve(repo_id, HUB_FILES, tokenizer_lib.HUB_FALLBACKS, revision, cache_dir)
+        if tokenizer is None and not (bundle_lib.is_bundle(directory) or tokenizer_lib.is_training_workdir(directory)):
+            raise ValueError(
+                f"{os.fspath(repo_id)!r} is an official generator; pass tokenizer= the tokenizer it models (a hub "
+                "repo id such as yucornetto/tokenizer_titok_l32_imagenet, or a local directory)."
+            )
+        if isinstance(tokenizer, str | os.PathLike):
+            tokenizer = Tokenizer.from_pretrained(tokenizer, cache_dir=cache_dir)
+        generator = cls.load(directory, tokenizer=tokenizer, settings=settings)
+        if directory != os.fspath(repo_id):
+            generator.metadata["hub_repo"] = os.fspath(repo_id)
+        return generator
 
     # ---- properties -----------------------------------------------------------------
     @property

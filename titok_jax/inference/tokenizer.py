@@ -1,6 +1,7 @@
 """The inference API of a trained TiTok: images -> tokens -> images.
 
   tok = Tokenizer.load("exported_bundle/")          # or an official hub directory
+  tok = Tokenizer.from_pretrained("yucornetto/tokenizer_titok_l32_imagenet")  # a released one, by hub name
   tok = Tokenizer.load("/tmp/titok_tiny", config="experiments/titok_single_stage.py:tiny_vq")  # a training workdir
   tokens = tok.encode(images)                        # uint8 or float [0, 1], (B, H, W, 3)
   images = tok.decode(tokens)                        # float32 [0, 1], (B, H, W, 3)
@@ -32,13 +33,17 @@ from titok_jax import sharding as sh
 from titok_jax.convert import titok as convert_titok
 from titok_jax.convert import torch_layout as tl
 from titok_jax.inference import bundle as bundle_lib
-from titok_jax.inference import restore
+from titok_jax.inference import hub, restore
 from titok_jax.models import layer_stack
 from titok_jax.models.titok import TiTok, titok_from_config
 from titok_jax.trees import check_tree_matches
 
 # What names a tokenizer; token shards record it and a generator checks it.
 IDENTITY_KEYS = ("num_tokens", "codebook_size", "codebook_sha256")
+# What `load` reads of a hub repo (all that `from_pretrained` downloads): a titok_jax bundle, or the official
+# config + weights, the torch pickle only where the repo has no safetensors.
+HUB_FILES = (bundle_lib.BUNDLE_FILE, bundle_lib.PARAMS_FILE, convert_titok.CONFIG_NAME, convert_titok.SAFETENSORS_NAME)
+HUB_FALLBACKS = {convert_titok.SAFETENSORS_NAME: convert_titok.TORCH_NAME}
 
 
 @functools.partial(jax.jit, static_argnames="model")
@@ -185,6 +190,19 @@ class Tokenizer:
         an official hub directory, or a weights file + `config` (config.json / official infer .yaml)."""
         model, variables, metadata = load_model_and_variables(path, config)
         return cls(model, variables, source=os.fspath(path), metadata=metadata)
+
+    @classmethod
+    def from_pretrained(
+        cls, repo_id: str | os.PathLike, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+    ) -> Tokenizer:
+        """A released tokenizer by hub name ("yucornetto/tokenizer_titok_l32_imagenet", or a pushed titok_jax
+        bundle), downloaded into the hub cache or read from it offline (HF_HUB_OFFLINE=1); a local path is
+        read as `load` reads it."""
+        directory = hub.resolve(repo_id, HUB_FILES, HUB_FALLBACKS, revision, cache_dir)
+        tokenizer = cls.load(directory)
+        if directory != os.fspath(repo_id):
+            tokenizer.metadata["hub_repo"] = os.fspath(repo_id)  # provenance a bundle exported from it keeps
+        return tokenizer
 
     def identity(self) -> dict[str, Any]:
         """What names this tokenizer in token shards: source, checkpoint step, variant, sizes, codebook hash."""
