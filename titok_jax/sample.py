@@ -6,7 +6,9 @@ r"""Sample class-conditional images from a trained MaskGIT generator (its EMA pa
 Classes are balanced and in order (image i has class i * num_classes // N), so
 `--num_images=50000` over 1000 classes gives the 50-per-class set of the 50k gFID
 protocol. Writes `samples.npz` (`arr_0`: uint8 (N, H, W, 3), the layout the ADM
-evaluator reads; `labels`: int32 (N,); `tokens`: int32 (N, K)) and `grid.png` (the first 64 images, 8 per row).
+evaluator reads; `labels`: int32 (N,); `tokens`: int32 (N, K)) and every sample in labelled grids: one row
+per class (the class name for synthetic shapes and class folders, else its id; more than 16 samples wrap),
+tiles of at least 128 px, 16 rows per page in grid.png, grid_1.png, ...
 Every batch is one jitted call (the whole decoding loop on device), sharded over the
 devices; sampling settings come from config.sampling (override them as flags, e.g.
 `--config.sampling.guidance_scale=3.0`). The same seed gives the same images.

@@ -6,8 +6,10 @@ r"""Turn a folder of images into tokens, and tokens back into images (to eyeball
       -> OUT2/reconstructions/<name>.png + OUT2/grid.png
 
 Images (searched recursively) are resized (shorter side, bicubic) and center-cropped to the
-tokenizer's size, the evaluation preprocessing. `grid.png` pairs originals and reconstructions
-(first 32). A file that is not a readable image stops the run with its name.
+tokenizer's size, the evaluation preprocessing; the printed summary says how many were, from which
+sizes. `grid.png` shows originals over reconstructions (the first 128, rows labelled, tiles of at
+least 128 px). A file that cannot be read (undecodable, truncated, unreadable) is skipped and counted,
+as training does: the summary lists it with its reason, and OUT/skipped.txt lists them all.
 
 With --tokens, the names in the file's 'files' array must be relative paths inside OUT ('im0.png',
 'sub/im0.png'); an absolute name or one with '..' (or a '.'/empty part, or a backslash) is refused

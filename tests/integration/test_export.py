@@ -154,9 +154,12 @@ def test_tokenize_folder_and_back(trained, tmp_path, images):
     np.testing.assert_array_equal(first, to_uint8(tok.decode(data["tokens"][:1]))[0])
     assert (tmp_path / "out" / "grid.png").exists()
 
-    (folder / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"broken\.png' is not a readable image.*Remove or replace"):
-        tokenize_folder(tok, str(tmp_path / "images"), str(tmp_path / "out2"))
+    assert summary["skipped"] == 0 and summary["resized"]["from"] == {"64x64": 3}
+
+    (folder / "broken.png").write_bytes(b"not a png")  # skipped and listed, as training skips it
+    summary = tokenize_folder(tok, str(tmp_path / "images"), str(tmp_path / "out2"))
+    assert summary["images"] == 3 and summary["skipped_files"][0]["file"] == "sub/broken.png"
+    assert (tmp_path / "out2" / "skipped.txt").read_text().startswith("sub/broken.png\tundecodable (")
 
 
 def test_generators_take_an_exported_tokenizer(trained, tmp_path):

@@ -165,6 +165,19 @@ def make_source(data_config: ml_collections.ConfigDict, train: bool) -> Any:
     return tfds_source(config.name, config.split if train else config.eval_split, config.data_dir)
 
 
+def class_names(data_config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
+    """The class names (label i is names[i]) where the data has them, for labelling pictures: the synthetic
+    shape kinds, or an image folder's class subfolders while the folder is still there; None where labels are
+    bare ids (tfds, image lists, folders without classes)."""
+    source = data_config.get("source", "synthetic")
+    if source == "synthetic":
+        return SHAPE_KINDS[: data_config.get("num_classes", len(SHAPE_KINDS))]
+    root = data_config.get("root")
+    if source != "image_folder" or not root or not os.path.isdir(root) or data_config.get("labels") == "none":
+        return None
+    return tuple(list_class_names(root)) or None
+
+
 def _eval_image_folder(config: ml_collections.ConfigDict) -> ImageFolder:
     """The eval folder, labelled like the train folder: by its class names, or all 0 for data without classes."""
     layout = folder_layout(config.root, config.labels)

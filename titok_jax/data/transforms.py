@@ -218,6 +218,8 @@ def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
     """Bicubic resize (PIL, which antialiases when shrinking) so the shorter side is `size`.
 
     The longer side is `int(size * long / short)`, as torchvision's Resize(size) computes it.
+    uint8 (H, W, 3) images resize as RGB; float ones channel by channel as PIL 32-bit float images (the same
+    filter, without rounding to 8 bits; bicubic can overshoot the input's range, so callers clip).
     """
     height, width = image.shape[:2]
     if min(height, width) == size:
@@ -226,8 +228,15 @@ def resize_shorter_side(image: np.ndarray, size: int) -> np.ndarray:
         new_height, new_width = size, int(size * width / height)
     else:
         new_height, new_width = int(size * height / width), size
-    resized = Image.fromarray(image).resize((new_width, new_height), Image.Resampling.BICUBIC)
-    return np.asarray(resized)
+    if image.dtype == np.uint8:
+        return np.asarray(Image.fromarray(image).resize((new_width, new_height), Image.Resampling.BICUBIC))
+    channels = [
+        Image.fromarray(np.ascontiguousarray(image[..., c], np.float32)).resize(
+            (new_width, new_height), Image.Resampling.BICUBIC
+        )
+        for c in range(image.shape[-1])
+    ]
+    return np.stack([np.asarray(channel) for channel in channels], axis=-1)
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -235,6 +244,12 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     height, width = image.shape[:2]
     top, left = round((height - size) / 2), round((width - size) / 2)
     return image[top : top + size, left : left + size]
+
+
+def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The evaluation preprocessing of one (H, W, 3) image: shorter side to `size` (bicubic), center crop to
+    `size` x `size`. Images already of that size come back unchanged."""
+    return center_crop(resize_shorter_side(image, size), size)
 
 
 def to_unit_float(image: np.ndarray) -> np.ndarray:
@@ -281,5 +296,5 @@ class ResizeCenterCrop(grain.transforms.Map):
         if record["image"] is None:
             image = np.zeros((size, size, 3), np.float32)
         else:
-            image = to_unit_float(center_crop(resize_shorter_side(record["image"], size), size))
+            image = to_unit_float(resize_center_crop(record["image"], size))
         return {"image": image, "label": record["label"], MASK: record[MASK], NUM_SKIPPED: record[NUM_SKIPPED]}

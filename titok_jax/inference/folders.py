@@ -1,46 +1,109 @@
 r"""A folder of images -> tokens.npz (+ reconstructions), and tokens.npz -> images (`python -m titok_jax.tokenize`).
 
   tokenize_folder: DIR -> OUT/tokens.npz (tokens, files) + OUT/reconstructions/<name>.png + OUT/grid.png
+                   (+ OUT/skipped.txt when some files could not be read)
   detokenize:      OUT/tokens.npz -> OUT2/reconstructions/<name>.png + OUT2/grid.png
 
 Images (searched recursively) are resized (shorter side, bicubic) and center-cropped to the
-tokenizer's size, the evaluation preprocessing. `grid.png` pairs originals and reconstructions
-(first 32). A file that is not a readable image stops the run with its name.
+tokenizer's size, the evaluation preprocessing; the summary says how many were and from which sizes.
+`grid.png` shows originals over reconstructions (the first 128, 16 per row, rows labelled, tiles of
+at least 128 px). A file that cannot be read (undecodable, truncated, unreadable) is skipped and counted
+as training does: listed in the summary and in skipped.txt, never stopping the run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
-from titok_jax import files
+from titok_jax import files, images
 from titok_jax.data.sources import image_files
-from titok_jax.data.transforms import DecodeError, center_crop, decode_image, resize_shorter_side
-from titok_jax.images import image_grid, to_uint8
+from titok_jax.data.transforms import DecodeError, SkipCounter, decode_image, resize_center_crop
+from titok_jax.images import to_uint8
 from titok_jax.inference.tokenizer import Tokenizer
 
-GRID_IMAGES = 32
+GRID_IMAGES = 128  # 8 pairs of 16-image rows: one 16-row page
+SKIPPED_FILE = "skipped.txt"
+SKIPPED_LISTED = 100  # skipped files named in the summary; skipped.txt names all of them
+SIZES_LISTED = 10  # original sizes named in the resize notice, most common first
 
 
-def load_image_folder(folder: str, image_size: int) -> tuple[list[str], np.ndarray]:
-    """(relative paths, uint8 images (N, S, S, 3)) of every image under `folder`."""
+@dataclasses.dataclass(frozen=True)
+class FolderImages:
+    """The readable images of a folder at the tokenizer's size, and what happened to the others."""
+
+    names: list[str]  # relative paths of the images kept, in listing order
+    images: np.ndarray  # uint8 (N, S, S, 3)
+    skipped: list[tuple[str, str]]  # (relative path, reason) of the files that could not be read
+    resized_from: Counter[str]  # "WxH" -> how many kept images had that size (only sizes other than S x S)
+
+
+def load_image_folder(folder: str, image_size: int) -> FolderImages:
+    """Every image file under `folder`, decoded as training decodes them and brought to `image_size` by the
+    evaluation preprocessing; files that cannot be read are skipped and counted (logged, rate-limited)."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"--images={folder!r} is not a directory.")
-    files = image_files(folder)
-    if not files:
+    paths = image_files(folder)
+    if not paths:
         raise ValueError(f"No images (.jpg, .jpeg, .png, .webp, .bmp) under {folder!r}.")
-    images = []
-    for path in files:
+    counter = SkipCounter()
+    names, kept, skipped, resized_from = [], [], [], Counter()
+    for path in paths:
+        name = os.path.relpath(path, folder)
         try:
             image = decode_image(path)
-        except DecodeError as err:
-            raise ValueError(f"{path!r} is not a readable image: {err}. Remove or replace the file.") from err
-        images.append(center_crop(resize_shorter_side(image, image_size), image_size))
-    return [os.path.relpath(f, folder) for f in files], np.stack(images)
+        except DecodeError as error:
+            counter.record(str(error).split(" (")[0], f"{path} [{error}]")
+            skipped.append((name, str(error)))
+            continue
+        if image.shape[:2] != (image_size, image_size):
+            resized_from[f"{image.shape[1]}x{image.shape[0]}"] += 1
+        names.append(name)
+        kept.append(resize_center_crop(image, image_size))
+    stacked = np.stack(kept) if kept else np.zeros((0, image_size, image_size, 3), np.uint8)
+    return FolderImages(names, stacked, skipped, resized_from)
+
+
+def _skip_report(loaded: FolderImages, output: str) -> dict[str, Any]:
+    """Writes (or, with nothing skipped, removes a stale) OUTPUT/skipped.txt; the summary's skip fields."""
+    path = os.path.join(output, SKIPPED_FILE)
+    if not loaded.skipped:
+        if os.path.exists(path):
+            os.remove(path)
+        return {"skipped": 0}
+    with files.atomic_write(path, "w") as f:
+        f.writelines(f"{name}\t{reason}\n" for name, reason in loaded.skipped)
+    reasons = Counter(reason.split(" (")[0] for _, reason in loaded.skipped)
+    return {
+        "skipped": len(loaded.skipped),
+        "skipped_reasons": dict(reasons),
+        "skipped_files": [{"file": name, "reason": reason} for name, reason in loaded.skipped[:SKIPPED_LISTED]],
+        "skipped_list": path,
+    }
+
+
+def _resize_notice(loaded: FolderImages, image_size: int) -> dict[str, Any] | None:
+    """One notice for every image the evaluation preprocessing changed: how many, to what, from which sizes."""
+    count = sum(loaded.resized_from.values())
+    if not count:
+        return None
+    common = loaded.resized_from.most_common(SIZES_LISTED)
+    sizes = ", ".join(f"{size} ({n})" for size, n in common)
+    more = len(loaded.resized_from) - len(common)
+    sizes += f" and {more} other sizes" if more > 0 else ""
+    notice = (
+        f"{count} of {len(loaded.names)} images were resized (shorter side, bicubic) and center-cropped to "
+        f"{image_size}x{image_size} px, the tokenizer's size, from {sizes}."
+    )
+    logging.warning("%s", notice)
+    return {"images": count, "to": f"{image_size}x{image_size}", "from": dict(common), "notice": notice}
 
 
 def _batches(n: int, batch_size: int) -> list[slice]:
@@ -75,30 +138,51 @@ def _checked_names(names: np.ndarray, num_images: int, tokens_file: str) -> list
     return checked
 
 
-def _write_images(output: str, names: Sequence[str], images: np.ndarray, originals: np.ndarray | None) -> None:
+def _write_images(output: str, names: Sequence[str], decoded: np.ndarray, originals: np.ndarray | None) -> None:
     """`names` are relative paths already known to stay inside `output` (file-system listings or checked)."""
     folder = os.path.join(output, "reconstructions")
-    for name, image in zip(names, images, strict=True):
+    for name, image in zip(names, decoded, strict=True):
         path = os.path.join(folder, os.path.splitext(name)[0] + ".png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         Image.fromarray(image).save(path)
-    shown = images[:GRID_IMAGES]
-    rows = [shown] if originals is None else [originals[:GRID_IMAGES], shown]
-    Image.fromarray(image_grid(np.stack(rows))).save(os.path.join(output, "grid.png"))
+    shown = decoded[:GRID_IMAGES]
+    if originals is None:
+        rows = images.chunked_rows(shown, "decoded")
+    else:  # each row of originals right above its reconstructions
+        pairs = zip(
+            images.chunked_rows(originals[:GRID_IMAGES], "original"),
+            images.chunked_rows(shown, "reconstructed"),
+            strict=True,
+        )
+        rows = [row for pair in pairs for row in pair]
+    images.save_pages(images.labelled_pages(rows), output)
 
 
 def tokenize_folder(tokenizer: Tokenizer, images_dir: str, output: str, batch_size: int = 64) -> dict[str, Any]:
-    names, images = load_image_folder(images_dir, tokenizer.image_size)
-    tokens = np.concatenate([tokenizer.encode(images[s]) for s in _batches(len(images), batch_size)])
+    """Every readable image under `images_dir` -> OUTPUT/tokens.npz, and (a tokenizer that decodes to pixels)
+    OUTPUT/reconstructions + grid.png; returns a summary with the skipped files and the resize notice."""
+    loaded = load_image_folder(images_dir, tokenizer.image_size)
     os.makedirs(output, exist_ok=True)
+    skips = _skip_report(loaded, output)
+    if not loaded.names:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in skips["skipped_reasons"].items())
+        raise ValueError(
+            f"None of the {skips['skipped']} image files under {images_dir!r} could be read ({reasons}); they are "
+            f"listed in {skips['skipped_list']}. Replace them or point --images at another folder."
+        )
+    names, pixels = loaded.names, loaded.images
+    tokens = np.concatenate([tokenizer.encode(pixels[s]) for s in _batches(len(pixels), batch_size)])
     npz = os.path.join(output, "tokens.npz")
     with files.atomic_write(npz) as f:
         np.savez(f, tokens=tokens, files=np.asarray(names))
-    summary: dict[str, Any] = {"images": len(names), "tokens": list(tokens.shape), "tokens_file": npz}
+    summary: dict[str, Any] = {"images": len(names), "tokens": list(tokens.shape), "tokens_file": npz, **skips}
+    resized = _resize_notice(loaded, tokenizer.image_size)
+    if resized is not None:
+        summary["resized"] = resized
     if tokenizer.model.decodes_to_pixels:
         recon = np.concatenate([tokenizer.decode(tokens[s]) for s in _batches(len(tokens), batch_size)])
-        _write_images(output, names, to_uint8(recon), images)
-        summary["mse"] = float(np.mean((recon - images.astype(np.float32) / 255.0) ** 2))
+        _write_images(output, names, to_uint8(recon), pixels)
+        summary["mse"] = float(np.mean((recon - pixels.astype(np.float32) / 255.0) ** 2))
     return summary
 
 

@@ -4,6 +4,7 @@
   tok = Tokenizer.from_pretrained("yucornetto/tokenizer_titok_l32_imagenet")  # a released one, by hub name
   tok = Tokenizer.load("/tmp/titok_tiny", config="experiments/titok_single_stage.py:tiny_vq")  # a training workdir
   tokens = tok.encode(images)                        # uint8 or float [0, 1], (B, H, W, 3)
+  tokens = tok.encode(tok.preprocess(photos))        # PIL images / arrays of any size: resize + center crop
   images = tok.decode(tokens)                        # float32 [0, 1], (B, H, W, 3)
 
 `load` accepts a training workdir plus its experiment config (the newest checkpoint's EMA
@@ -27,11 +28,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from titok_jax import configs
 from titok_jax import sharding as sh
 from titok_jax.convert import titok as convert_titok
 from titok_jax.convert import torch_layout as tl
+from titok_jax.data import transforms
 from titok_jax.inference import bundle as bundle_lib
 from titok_jax.inference import hub, restore
 from titok_jax.models import layer_stack
@@ -225,9 +228,23 @@ class Tokenizer:
         return sh.to_host(self.variables)
 
     def __repr__(self) -> str:
-        mode = self.model.quantize_mode
-        kind = "VAE" if mode == "vae" else f"{mode.upper()} {self.model.codebook_size} codes"
-        return f"Tokenizer({self.source!r}: {self.image_size} px -> {self.num_tokens} tokens, {kind})"
+        model = self.model
+        mode = model.quantize_mode
+        if mode == "vae":
+            quantizer = f"VAE latents of {model.token_size} channels (continuous, no codebook)"
+        elif mode == "vq":
+            quantizer = f"VQ codebook of {model.codebook_size} codes x {model.token_size} dims"
+        elif mode == "fsq":
+            levels = ",".join(map(str, model.fsq_levels))
+            quantizer = f"FSQ levels {levels} ({model.codebook_size} codes)"
+        else:  # lfq / bsq: one bit per channel
+            quantizer = f"{mode.upper()} {model.token_size} bits ({model.codebook_size} codes)"
+        step = f", checkpoint step {self.metadata['step']}" if self.metadata.get("step") is not None else ""
+        stage = "" if model.decodes_to_pixels else ", stage 1: decodes to proxy codes, not pixels"
+        return (
+            f"Tokenizer({self.source!r}{step}: {self.image_size}x{self.image_size} px -> {self.num_tokens} tokens, "
+            f"{quantizer}{stage})"
+        )
 
     # ---- properties -----------------------------------------------------------------
     @property
@@ -253,13 +270,29 @@ class Tokenizer:
     def _images(self, images: Any) -> np.ndarray:
         images = np.asarray(images)
         expected = (self.image_size, self.image_size, 3)
+        # Before the size check: a (B, H, W) batch would otherwise be read as one (H, W, C) image and get a
+        # message about its size, when what it lacks is the channel axis.
+        if images.ndim in (3, 4) and images.shape[-1] == 4:
+            raise ValueError(
+                f"Tokenizer.encode got {images.shape}: 4 channels (RGBA?); it expects RGB. Drop the alpha channel "
+                "(images[..., :3]), or pass PIL images through tokenizer.preprocess(images), which composites "
+                "alpha on white as training does."
+            )
+        if (images.ndim == 3 and images.shape[-1] != 3) or (images.ndim == 4 and images.shape[-1] == 1):
+            raise ValueError(
+                f"Tokenizer.encode got {images.shape}: grayscale images without 3 channels; it expects RGB "
+                f"(batch, {', '.join(map(str, expected))}). Stack them to 3 channels "
+                "(np.repeat(images[..., None], 3, axis=-1), or [..., 0] first for (B, H, W, 1)), or pass them "
+                "through tokenizer.preprocess(images), which also resizes."
+            )
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4 or images.shape[1:] != expected:
             hint = " (channels-first? transpose to NHWC)" if images.ndim == 4 and images.shape[1] == 3 else ""
             raise ValueError(
                 f"Tokenizer.encode expects images of shape (batch, {', '.join(map(str, expected))}); got "
-                f"{images.shape}{hint}. Resize / center-crop to {self.image_size} px first."
+                f"{images.shape}{hint}. Resize / center-crop to {self.image_size} px first: "
+                "tokenizer.preprocess(images) does the evaluation resize + center crop."
             )
         if images.dtype == np.uint8:
             return images.astype(np.float32) / 255.0
@@ -272,6 +305,38 @@ class Tokenizer:
                 "divide 0..255 floats by 255 (and map [-1, 1] data with (x + 1) / 2)."
             )
         return images.astype(np.float32)
+
+    def preprocess(self, images: Any) -> np.ndarray:
+        """The evaluation preprocessing (shorter side to image_size, bicubic; center crop) of images of any size:
+        a list of PIL images or (H, W, 3) / (H, W) arrays (uint8, or float in [0, 1]), or one such image or
+        array batch -> float32 (B, S, S, 3) in [0, 1], ready for `encode`."""
+        return np.stack([self._preprocessed(image, i) for i, image in enumerate(_image_list(images))])
+
+    def _preprocessed(self, image: Any, index: int) -> np.ndarray:
+        if isinstance(image, Image.Image):
+            image = transforms.to_rgb_uint8(image)  # every PIL mode as training decodes it (alpha on white)
+        image = np.asarray(image)
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
+            image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(
+                f"Tokenizer.preprocess: image {index} has shape {image.shape}; expected (H, W, 3) RGB or (H, W) "
+                "grayscale (RGBA? pass a PIL image, which is composited on white, or drop the alpha channel)."
+            )
+        if image.dtype == np.uint8:
+            return transforms.to_unit_float(transforms.resize_center_crop(image, self.image_size))
+        if not np.issubdtype(image.dtype, np.floating):
+            raise ValueError(
+                f"Tokenizer.preprocess: image {index} is {image.dtype}; pass uint8 (0..255) or floats in [0, 1]."
+            )
+        low, high = float(image.min()), float(image.max())
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise ValueError(
+                f"Tokenizer.preprocess: image {index} is float in [{low:.3g}, {high:.3g}], not [0, 1]; divide "
+                "0..255 floats by 255 (and map [-1, 1] data with (x + 1) / 2)."
+            )
+        # Bicubic overshoots near edges; clipping keeps the result in encode's [0, 1].
+        return np.clip(transforms.resize_center_crop(image.astype(np.float32), self.image_size), 0.0, 1.0)
 
     def encode(self, images: Any) -> np.ndarray:
         """(B, H, W, 3) uint8 or float [0, 1] images -> int32 tokens (B, K) (VQ) or latents (B, K, C) (VAE)."""
@@ -309,6 +374,23 @@ class Tokenizer:
 
     def reconstruct(self, images: Any) -> np.ndarray:
         return self.decode(self.encode(images))
+
+
+def _image_list(images: Any) -> list[Any]:
+    """`preprocess`'s input as a list of single images: a PIL image or (H, W[, 1 | 3]) array is one image, a
+    (B, H, W, C) or (B, H, W) array a batch (3-D arrays whose last axis is not 1 or 3 hold grayscale images)."""
+    if isinstance(images, Image.Image):
+        return [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (1, 3)):
+            return [images]
+        if images.ndim in (3, 4):
+            return list(images)
+        raise ValueError(f"Tokenizer.preprocess got an array of shape {images.shape}; expected images (B, H, W, 3).")
+    images = list(images)
+    if not images:
+        raise ValueError("Tokenizer.preprocess got no images.")
+    return images
 
 
 def unscanned_params(tokenizer: Tokenizer) -> Any:

@@ -1,4 +1,4 @@
-"""Sample sets of a generator training workdir: samples.npz + grid.png (see inference.samples)."""
+"""Sample sets of a generator training workdir: samples.npz + labelled grid pages (see inference.samples)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import ml_collections
 
+from titok_jax.data.pipeline import class_names
 from titok_jax.inference.generator import balanced_class_ids
 from titok_jax.inference.samples import write_samples
 from titok_jax.tasks.runs import load_generator
@@ -22,9 +23,10 @@ def sample(
     batch_size: int = 64,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Writes samples.npz and grid.png into `output_dir` (default WORKDIR/samples/step_S); returns a summary."""
+    """Writes samples.npz and grid.png, grid_1.png, ... (rows labelled with the class names of config.data, where
+    it has names) into `output_dir` (default WORKDIR/samples/step_S); returns a summary."""
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}.")
     generator = load_generator(config, workdir)
     output_dir = output_dir or os.path.join(workdir, "samples", f"step_{generator.metadata['step']}")
-    return write_samples(generator, num_images, output_dir, batch_size, seed)
+    return write_samples(generator, num_images, output_dir, batch_size, seed, class_names(config.data))

@@ -246,5 +246,5 @@ def _write_grid(
     results = {f"eval/{k}": float(v) for k, v in sh.to_host(scalars).items()}
     if results:
         writer.write_scalars(step, dict(results))
-    writer.write_images(step, {recipe.grid_name: images.image_grid(sh.to_host(rows))[None]})
+    writer.write_images(step, {recipe.grid_name: images.readable_grid(sh.to_host(rows))[None]})
     return results
