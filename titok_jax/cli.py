@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import sys
 import typing
 from collections.abc import Callable
@@ -113,11 +114,14 @@ def main(
                 experiment.keys()  # a lazily loaded file reports its errors on first use: here
         except Exception as err:  # its file or an override
             _exit_with(_config_error(err, config_default))
-        if experiment is None and config_from and getattr(options, config_from):
-            experiment = configs.read_run_config(getattr(options, config_from))
+        source = getattr(options, config_from) if config_from else None
+        if experiment is None and source:
+            if not os.path.exists(source):
+                _exit_with(f"--{config_from}={source} does not exist.")
+            experiment = configs.read_run_config(source)
         if config == "required" and experiment is None:
             recorded = f", or --{config_from} a training workdir that recorded its config" if config_from else ""
-            raise app.UsageError(f"--config is required (an experiment config file[:variant]){recorded}.")
+            _exit_with(f"--config is required (an experiment config file[:variant]){recorded}.")
         if config != "none" and flags.FLAGS.print_config:
             print(experiment)
             return

@@ -64,4 +64,4 @@ def run(config, options: Options) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    cli.main(run, Options, config="optional", distributed=True)
+    cli.main(run, Options, config="optional", distributed=True, config_from="workdir")

@@ -73,4 +73,4 @@ def _export(config, options: Options) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    cli.main(run, Options, config="optional")
+    cli.main(run, Options, config="optional", config_from="workdir")

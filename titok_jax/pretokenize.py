@@ -44,4 +44,4 @@ def run(config, options: Options) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    cli.main(run, Options, config="required", distributed=True)
+    cli.main(run, Options, config="required", distributed=True, config_from="tokenizer")

@@ -167,3 +167,17 @@ def test_the_in_loop_held_out_mse_leaves_out_padding(tmp_path):
     print(f"held-out MSE over the 5 real images {expected:.5f}; over all 8 {padded_mean:.5f}")
     np.testing.assert_allclose(float(scalars["ema_reconstruction_mse"]), expected, rtol=1e-4)
     assert abs(padded_mean - expected) > 0.01 * expected  # the padding would have moved it
+
+
+def test_a_finished_run_rerun_says_it_is_complete(trained, tmp_path, caplog):
+    config, source = trained
+    workdir = str(tmp_path / "run")
+    shutil.copytree(source, workdir)
+    with caplog.at_level(logging.INFO):
+        summary = recipes.train(tiny_config(total_steps=4, checkpoint_every=2), workdir)
+    assert summary == {"complete": True, "step": 4}
+    assert f"{workdir} is complete at step 4 (config.total_steps=4): nothing to train" in caplog.text
+    assert _steps(workdir) == [1, 2, 4]  # nothing written
+    # The workdir keeps the parameter table and every command line that started the run.
+    assert "encoder/transformer/block_0" in open(os.path.join(workdir, "parameters.txt")).read()
+    assert len(open(os.path.join(workdir, "commands.txt")).read().splitlines()) == 2

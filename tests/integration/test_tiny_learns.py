@@ -50,13 +50,32 @@ def _init_mse(config, images):
 SEED_FLAGS = [f"--config.seed={os.environ['TITOK_README_SEED']}"] if os.environ.get("TITOK_README_SEED") else []
 
 
-def _run(*args):
-    """A README command (python -m ...) on one CPU device, as a user runs it; -> its last stdout line as JSON."""
+def _run(*args, console=None):
+    """A README command (python -m ...) on one CPU device, as a user runs it; -> its last stdout line as JSON.
+    `console`, a list, receives the lines the command wrote to stderr."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     command = [sys.executable, "-m", *args]
     result = subprocess.run(command, cwd=EXPERIMENTS.parent, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    if console is not None:
+        console.extend(line for line in result.stderr.splitlines() if line.strip())
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+OUR_FILES = {path.name for path in (EXPERIMENTS.parent / "titok_jax").rglob("*.py")}
+
+
+def _check_console(lines, total_steps, log_every):
+    """The main job's console: mostly the project's own lines, a progress line per log_every, and notices
+    around the final evaluation."""
+    ours = [line for line in lines if line.split("] ")[0].rsplit(" ", 1)[-1].split(":")[0] in OUR_FILES]
+    share = 1 - len(ours) / len(lines)
+    print(f"console: {len(lines)} lines, {len(lines) - len(ours)} from libraries ({share:.0%})")
+    assert share < 0.15, "\n".join(line for line in lines if line not in ours)
+    progress = [line for line in ours if "] step " in line and " steps/s | " in line and " ETA " in line]
+    assert len(progress) == total_steps // log_every
+    assert any("Evaluating at step 2400" in line for line in ours)
+    assert any("Evaluation at step 2400 done in " in line for line in ours)
 
 
 def _per_position_mode_accuracy(tokens_dir):
@@ -118,7 +137,9 @@ def test_readme_pipeline_learns(tmp_path):
     init_mse = _init_mse(config, images)
     tokenizer_dir, tokens_dir, generator_dir = (str(tmp_path / d) for d in ("tokenizer", "tokens", "generator"))
 
-    metrics = _run("titok_jax.main", f"--workdir={tokenizer_dir}", *SEED_FLAGS)
+    console = []
+    metrics = _run("titok_jax.main", f"--workdir={tokenizer_dir}", *SEED_FLAGS, console=console)
+    _check_console(console, config.total_steps, config.log_every)
 
     final_mse = metrics["eval/ema_reconstruction_mse"]
     print(
@@ -177,7 +198,8 @@ def test_readme_pipeline_learns(tmp_path):
     # Measured (1,800 steps, two seeds, 2-core machine): 0.399 against 0.020 (seed 42), 0.409 against 0.111 (seed 1).
     assert accuracy > max(1.3 * baseline, 0.25)
 
-    summary = _run("titok_jax.sample", *generator, f"--workdir={generator_dir}", "--num_images=100")
+    # The generator's workdir remembers its config, its tokenizer and its token shards.
+    summary = _run("titok_jax.sample", f"--workdir={generator_dir}", "--num_images=100")
     samples = np.load(os.path.join(summary["output_dir"], "samples.npz"))
     assert samples["arr_0"].shape == (100, 32, 32, 3) and samples["arr_0"].dtype == np.uint8
     assert samples["tokens"].shape == (100, 16) and samples["tokens"].max() < 256

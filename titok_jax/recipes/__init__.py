@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -187,6 +188,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Validates `config`, prepares its recipe and runs the driver loop in `workdir`; returns the last metrics."""
     from titok_jax.train import loop
 
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"--workdir={workdir} is a file; give a directory for the run's checkpoints and logs.")
     module = validate(config)
     mesh = sh.make_mesh(**config.mesh)
     plan = module.prepare(config, mesh, workdir)  # reads weight files: fails before any compile
