@@ -170,7 +170,7 @@ def test_the_in_loop_held_out_mse_leaves_out_padding(tmp_path):
 
 
 def test_a_finished_run_rerun_says_it_is_complete(trained, tmp_path, caplog):
-    config, source = trained
+    _, source = trained
     workdir = str(tmp_path / "run")
     shutil.copytree(source, workdir)
     with caplog.at_level(logging.INFO):

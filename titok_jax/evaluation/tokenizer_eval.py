@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from titok_jax import logs
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline
 from titok_jax.evaluation import fid, scores
@@ -94,6 +95,7 @@ def evaluate_tokenizer(
     real_inception: bool,
     metrics: Sequence[str] = METRICS,
     max_images: int = 0,
+    progress: bool = False,
 ) -> dict[str, float]:
     """One pass over the eval split (its first `max_images` images, whole batches, if > 0) -> {metric: value}
     (see the module docstring for the protocol). `reconstruct(params, images, aux)` -> pixels in [0, 1] is the
@@ -110,7 +112,9 @@ def evaluate_tokenizer(
     logits, code_counts, sums, count = [], None, {"psnr": 0.0, "ssim": 0.0}, 0
     num_batches = -(-max_images // batch_size) if max_images > 0 else None
     with jax.set_mesh(mesh):
-        for index, batch in enumerate(pipeline.make_eval_iterator(data_config, batch_size)):
+        batches = pipeline.make_eval_iterator(data_config, batch_size)
+        total = min(len(batches), num_batches) if num_batches is not None else len(batches)
+        for index, batch in enumerate(logs.bar(batches, "evaluate", total=total, unit="batch", enabled=progress)):
             if num_batches is not None and index >= num_batches:
                 break
             images = jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 4), batch["image"])

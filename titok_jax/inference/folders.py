@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from titok_jax import files, images
+from titok_jax import files, images, logs
 from titok_jax.data.sources import image_files
 from titok_jax.data.transforms import DecodeError, SkipCounter, decode_image, resize_center_crop
 from titok_jax.images import to_uint8
@@ -55,7 +55,7 @@ def load_image_folder(folder: str, image_size: int) -> FolderImages:
         raise ValueError(f"No images (.jpg, .jpeg, .png, .webp, .bmp) under {folder!r}.")
     counter = SkipCounter()
     names, kept, skipped, resized_from = [], [], [], Counter()
-    for path in paths:
+    for path in logs.bar(paths, "read images", unit="image"):
         name = os.path.relpath(path, folder)
         try:
             image = decode_image(path)

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from titok_jax import logs
 from titok_jax import sharding as sh
 from titok_jax.convert import generator as convert_generator
 from titok_jax.inference import bundle as bundle_lib
@@ -265,9 +266,12 @@ class Generator:
         )
 
     # ---- sampling -------------------------------------------------------------------
-    def generate(self, class_ids: Any, seed: int = 0, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    def generate(
+        self, class_ids: Any, seed: int = 0, batch_size: int = 64, progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """class ids (N,) -> (uint8 images (N, H, W, 3), int32 tokens (N, K)). Batch i of `batch_size` (rounded
-        up to whole shards) uses the key fold_in(PRNGKey(seed), i): the same seed gives the same images."""
+        up to whole shards) uses the key fold_in(PRNGKey(seed), i): the same seed gives the same images.
+        `progress` shows a progress bar over the batches."""
         class_ids = np.asarray(class_ids, np.int32).reshape(-1)
         if class_ids.size == 0:
             raise ValueError("Got no class ids.")
@@ -280,7 +284,8 @@ class Generator:
         sharding = sh.batch_sharding(self.mesh, 1)
         images, tokens = [], []
         with jax.set_mesh(self.mesh):
-            for index, start in enumerate(range(0, len(class_ids), batch_size)):
+            starts = range(0, len(class_ids), batch_size)
+            for index, start in enumerate(logs.bar(starts, "sample", unit="batch", enabled=progress)):
                 ids = class_ids[start : start + batch_size]
                 padded, size = sh.pad_batch(ids, batch_size)
                 global_ids = jax.make_array_from_process_local_data(sharding, sh.process_local(padded))

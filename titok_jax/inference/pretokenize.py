@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from titok_jax import logs
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline, tokens, transforms
 from titok_jax.inference import tokenizer as tokenizer_lib
@@ -114,7 +115,7 @@ def pretokenize(
 
     decode = transforms.DecodeImage(config.data.min_image_size, drop_failures=False)
     size, num_views = config.data.image_size, AUGMENTATIONS[augmentation]
-    for shard in range(process_index, num_shards, process_count):
+    for shard in logs.bar(range(process_index, num_shards, process_count), "pretokenize", unit="shard"):
         path = os.path.join(output_dir, shard_name(shard, num_shards))
         if os.path.exists(path):
             logging.info("Shard %s exists: skipped.", path)

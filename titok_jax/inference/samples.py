@@ -21,6 +21,7 @@ def write_samples(
     batch_size: int = 64,
     seed: int = 0,
     class_names: Sequence[str] | None = None,
+    max_grid_pages: int = 16,
 ) -> dict[str, Any]:
     """Samples `num_images` with balanced classes in order (image i has class i * num_classes // N) and writes
     `samples.npz` (`arr_0`: uint8 (N, H, W, 3); `labels`: int32 (N,); `tokens`: int32 (N, K)) and the grid
@@ -28,12 +29,14 @@ def write_samples(
 
     The grids show every sample: one row per class (a class with more than 16 samples wraps onto more rows),
     each row labelled at its left with the class name (`class_names[id]`, when given) or id, tiles upscaled to
-    at least 128 px, 16 rows per page."""
+    at least 128 px, 16 rows per page, up to `max_grid_pages` pages (a 50k evaluation set would fill hundreds:
+    the pages then show the first classes, and the summary says how many rows are shown)."""
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}.")
     class_ids = balanced_class_ids(num_images, generator.num_classes)
-    samples, tokens = generator.generate(class_ids, seed=seed, batch_size=batch_size)
-    rows = images.class_rows(samples, class_ids, class_names)
+    samples, tokens = generator.generate(class_ids, seed=seed, batch_size=batch_size, progress=True)
+    all_rows = images.class_rows(samples, class_ids, class_names)
+    rows = all_rows[: max_grid_pages * images.PAGE_ROWS]
     pages = -(-len(rows) // images.PAGE_ROWS)
     summary = {
         "checkpoint_step": int(generator.metadata.get("step", 0)),
@@ -41,6 +44,7 @@ def write_samples(
         "output_dir": output_dir,
         "shape": list(samples.shape),
         "grids": [images.page_name(i) for i in range(pages)],
+        "grid_rows": f"{len(rows)} of {len(all_rows)}",
     }
     if jax.process_index() == 0:
         os.makedirs(output_dir, exist_ok=True)

@@ -563,6 +563,6 @@ def evaluate_workdir(
     model = titok_from_config(config.model)
     results = tokenizer_eval.evaluate_tokenizer(
         reconstruct, functools.partial(tokenizer_lib.encode, model), model, variables, aux, config.data,
-        config.eval_batch_size, mesh, inception_vars, real, metrics, max_images,
+        config.eval_batch_size, mesh, inception_vars, real, metrics, max_images, progress=True,
     )  # fmt: skip
     return results, step

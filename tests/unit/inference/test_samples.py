@@ -1,5 +1,7 @@
 """The sample task's files: samples.npz with every sample, and labelled grid pages that show them all."""
 
+import os
+
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -18,7 +20,7 @@ class _ClassColourGenerator:
     def __init__(self):
         self.metadata = {"step": 7}
 
-    def generate(self, class_ids, seed=0, batch_size=64):
+    def generate(self, class_ids, seed=0, batch_size=64, progress=False):
         levels = (20 * np.asarray(class_ids) + 10).astype(np.uint8)
         samples = np.broadcast_to(levels[:, None, None, None], (len(class_ids), 32, 32, 3)).copy()
         return samples, np.zeros((len(class_ids), 4), np.int32)
@@ -61,3 +63,11 @@ def test_class_names_of_each_source(tmp_path):
     gone = ml_collections.ConfigDict(dict(source="image_folder", root=str(tmp_path / "moved"), labels="auto"))
     assert class_names(gone) is None  # sampling long after training: ids then
     assert class_names(ml_collections.ConfigDict(dict(source="tfds", name="imagenet2012"))) is None
+
+
+def test_a_large_sample_set_caps_its_grid_pages(tmp_path):
+    summary = write_samples(_ClassColourGenerator(), 400, str(tmp_path), max_grid_pages=1)
+    assert (
+        summary["grids"] == ["grid.png"] and summary["grid_rows"] == "16 of 30"
+    )  # 40 per class wrap onto 3 rows of 16
+    assert sorted(os.listdir(tmp_path)) == ["grid.png", "samples.npz"]
