@@ -193,6 +193,9 @@ def render_proxy_codes(teacher_model: VQGAN, teacher_variables: Any, logits: jax
 # Per-code statistics of clustering VQ, passed from the loss to the step through the metrics.
 CLUSTERING_STATS = ("code_frequencies", "nearest_latents")
 
+# The generator loss's GAN terms (reported only when the recipe has a discriminator).
+GAN_METRICS = ("weighted_gan_loss", "discriminator_factor", "d_weight", "gan_loss")
+
 # Stage 2 trains the decoder side only.
 STAGE2_FROZEN = ("encoder", "quantize", "latent_tokens")
 
@@ -264,6 +267,11 @@ class PixelRecipe(TokenizerRecipe):
         loss, metrics = losses.single_stage_generator_loss(
             reconstruction, perceptual, info, adversarial, frozen["step"], weights, self.model.quantize_mode
         )
+        # Terms a run does not have are not reported (a GAN-less run logging d_weight reads as if it had one).
+        if self.discriminator is None:
+            metrics = {k: v for k, v in metrics.items() if k not in GAN_METRICS}
+        if self.perceptual_loss is None:
+            metrics.pop("perceptual_loss", None)
         if self.model.quantize_mode in DISCRETE_MODES:
             metrics.update(codebook_health(info["indices"], self.model.codebook_size))
             metrics.update({k: info[k] for k in CLUSTERING_STATS if k in info})
