@@ -18,6 +18,12 @@ setup(
     packages=find_packages(include=["titok_jax", "titok_jax.*", "launch"]),
     python_requires=">=3.10",
     install_requires=requirements,
-    # Reading PyTorch .bin/.pth checkpoints (safetensors files need no torch).
-    extras_require={"torch": ["torch==2.14.1"]},
+    extras_require={
+        # Reading PyTorch .bin/.pth checkpoints (safetensors files need no torch).
+        "torch": ["torch==2.14.1"],
+        # --config.logging.wandb=True: a Weights & Biases run beside TensorBoard.
+        "wandb": ["wandb==0.31.0"],
+        # TensorBoard's Profile tab, which opens the trace every run writes (WORKDIR/plugins/profile).
+        "profile": ["tensorboard-plugin-profile==2.24.2"],
+    },
 )

@@ -24,6 +24,7 @@ from titok_jax import optim
 from titok_jax import sharding as sh
 from titok_jax.data.pipeline import validate_data_config
 from titok_jax.recipes import init_from
+from titok_jax.train import writers
 
 if TYPE_CHECKING:  # the loop imports clu and orbax: loading an experiment config should not
     from titok_jax.train.loop import Plan
@@ -161,6 +162,7 @@ def validate(config: ml_collections.ConfigDict) -> RecipeModule:
         raise ValueError(
             f"batch_size={config.batch_size} does not split into grad_accum_steps={config.grad_accum_steps} micro-batches."
         )
+    writers.validate(config)
     module = lookup(config)
     init_from.validate(config, module.resize_rules(config))
     module.validate(config)

@@ -10,6 +10,7 @@ import ml_collections
 from titok_jax import losses
 from titok_jax.data.pipeline import default_data_config
 from titok_jax.recipes import init_from
+from titok_jax.train import writers
 
 # The CPU-sized tokenizer: 32 px images, 4 px patches (8x8 grid), 2-layer 64-wide ViTs.
 # init_std: the official 0.02 kernels are sized for 512-1024 wide ViTs; at width 64 the
@@ -60,6 +61,8 @@ def common_config() -> ml_collections.ConfigDict:
     config.log_every = 50
     config.checkpoint_every = 5_000
     config.keep_checkpoints = 3
+    # Summaries: TensorBoard always; --config.logging.wandb=True adds a W&B run (project / entity / name).
+    config.logging = ml_collections.ConfigDict(writers.DEFAULTS)
     # Fine-tuning: start from trained weights (recipes.init_from; stage 2: the stage-1 workdir) and what trains.
     for name, value in init_from.DEFAULTS.items():
         config[name] = value

@@ -28,7 +28,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from titok_jax import checkpoint, files, images
 from titok_jax import sharding as sh
 from titok_jax.data.device_prefetch import DevicePrefetch
-from titok_jax.train import guard, run_config, stop_signals, workdir_lock
+from titok_jax.train import guard, run_config, stop_signals, workdir_lock, writers
 from titok_jax.train.progress import Progress, duration
 from titok_jax.train.state import TrainState, create_train_state
 from titok_jax.train.step import make_step_fns
@@ -123,15 +123,22 @@ def _restore_or_init(manager, abstract, train_iter, workdir, config, plan, init)
 
 
 def _loop(config, workdir, plan, stop, manager, state, train_iter, frozen, shardings) -> dict[str, float]:
-    recipe, mesh = plan.recipe, plan.mesh
     start_step = int(jax.device_get(state.step))
     if start_step >= config.total_steps:
         return _complete(workdir, start_step, config.total_steps)
     if jax.process_index() == 0:
         _write_parameter_overview(workdir, state.params)
 
-    step_fns = make_step_fns(recipe, shardings)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    step_fns = make_step_fns(plan.recipe, shardings)
+    writer = writers.make_writer(config, workdir)
+    try:
+        return _steps(config, workdir, plan, stop, manager, state, train_iter, frozen, step_fns, writer, start_step)
+    finally:
+        writer.close()  # TensorBoard flushed, the W&B run finished (also when the run stops on an error)
+
+
+def _steps(config, workdir, plan, stop, manager, state, train_iter, frozen, step_fns, writer, start_step):
+    recipe, mesh = plan.recipe, plan.mesh
     hooks = []
     if jax.process_index() == 0:
         hooks.append(periodic_actions.Profile(num_profile_steps=5, logdir=workdir))
@@ -196,7 +203,6 @@ def _loop(config, workdir, plan, stop, manager, state, train_iter, frozen, shard
                     workdir,
                 )
                 break
-    writer.flush()
     return last_metrics
 
 
