@@ -172,3 +172,21 @@ def save_pages(pages: Iterable[np.ndarray], folder: str, stem: str = "grid") -> 
         if match and int(match.group(1)) >= len(names):
             os.remove(os.path.join(folder, entry))
     return names
+
+
+def usage_histogram(counts: np.ndarray, height: int = 96, max_columns: int = 512) -> np.ndarray:
+    """A bar chart (H, W, 3) uint8 of per-code use, codes sorted from most to least used: a healthy codebook is
+    a flat block, a collapsed one a spike, and the unused codes are the empty tail (red on the base line).
+    More codes than `max_columns` share columns (their mean)."""
+    ordered = np.sort(np.asarray(counts, np.float64).reshape(-1))[::-1]
+    columns = min(len(ordered), max_columns)
+    per_column = np.array_split(ordered, columns)
+    heights = np.array([chunk.mean() for chunk in per_column]) / max(ordered[0], 1e-12)
+    used = np.array([chunk.max() > 0 for chunk in per_column])
+    width = max(1, max_columns // columns)
+    chart = np.full((height, columns * width, 3), 255, np.uint8)
+    bars = chart[:-2]  # the bars stand on a 2-row base line: grey under used codes, red under unused ones
+    bar_rows = np.arange(len(bars))[::-1][:, None] < np.round(heights * len(bars))[None, :]  # (H - 2, columns)
+    bars[np.repeat(bar_rows, width, axis=1)] = (40, 90, 200)
+    chart[-2:] = np.where(np.repeat(used, width)[:, None], (160, 160, 160), (220, 40, 40)).astype(np.uint8)
+    return chart

@@ -155,6 +155,7 @@ def test_readme_pipeline_learns(tmp_path):
     # The run reports its end-of-training evaluation (32 held-out images, random Inception: labelled).
     assert metrics["eval/num_images"] == 32 and np.isfinite(metrics["eval/rfid_random_inception"])
     assert 0 < metrics["eval/codebook_usage"] <= 1 and metrics["eval/codebook_entropy_bits"] > 1
+    assert metrics["eval/dead_codes"] == 256 * (1 - metrics["eval/codebook_usage"])  # the codes no image used
 
     # The README's export and tokenize commands: a bundle, then images -> tokens -> reconstructions.
     export_dir, images_dir, tokenized_dir = str(tmp_path / "export"), tmp_path / "images", tmp_path / "tok"

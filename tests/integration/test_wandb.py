@@ -1,5 +1,6 @@
 """The optional W&B writer (config.logging.wandb): offline, it writes the scalar keys and image grids that
-TensorBoard gets, resumes into the same W&B run, and a missing wandb package is a one-line install hint."""
+TensorBoard gets (with the codebook's dead codes and usage histogram of each log window), resumes into the same
+W&B run, and a missing wandb package is a one-line install hint."""
 
 import glob
 import os
@@ -55,6 +56,10 @@ def wandb_history(run_file: str) -> dict[int, dict[str, str]]:
     return rows
 
 
+def logged_scalars(accumulator, tag: str) -> dict[int, float]:
+    return {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors(tag)}
+
+
 def test_wandb_offline_gets_the_tensorboard_scalars_and_grids_and_resumes_the_same_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -65,9 +70,14 @@ def test_wandb_offline_gets_the_tensorboard_scalars_and_grids_and_resumes_the_sa
     accumulator = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.TENSORS: 0})
     accumulator.Reload()
     tags = accumulator.Tags()["tensors"]
-    tensorboard_images = {t for t in tags if t.startswith("reconstructions") or t.endswith("grid")}
+    tensorboard_images = {t for t in tags if accumulator.SummaryMetadata(t).plugin_data.plugin_name == "images"}
     tensorboard_scalars = set(tags) - tensorboard_images
-    assert {"loss", "learning_rate", "grad_norm"} <= tensorboard_scalars
+    assert {"loss", "learning_rate", "grad_norm", "dead_codes", "window_codebook_usage"} <= tensorboard_scalars
+    assert {"reconstructions", "codebook_usage_histogram"} <= tensorboard_images
+    # Dead codes over each log window: the 256 codes less those the window's 2 x 8 x 16 ids used.
+    dead = logged_scalars(accumulator, "dead_codes")
+    usage = logged_scalars(accumulator, "window_codebook_usage")
+    assert sorted(dead) == [2, 4] and all(dead[s] == 256 * (1 - usage[s]) and 0 < dead[s] < 256 for s in dead)
 
     (run_file,) = glob.glob(os.path.join(workdir, "wandb", "offline-run-*", "run-*.wandb"))
     history = wandb_history(run_file)
@@ -78,9 +88,7 @@ def test_wandb_offline_gets_the_tensorboard_scalars_and_grids_and_resumes_the_sa
     image_keys = {k.removesuffix("/_type") for k in logged if k.endswith("/_type")}
     assert image_keys == tensorboard_images and image_keys
     for key in tensorboard_scalars & set(history[4]):  # same numbers as TensorBoard at step 4
-        (event,) = [e for e in accumulator.Tensors(key) if e.step == 4]
-
-        assert float(history[4][key]) == pytest.approx(float(tensor_util.make_ndarray(event.tensor_proto)), rel=1e-6)
+        assert float(history[4][key]) == pytest.approx(logged_scalars(accumulator, key)[4], rel=1e-6)
 
     run_id = open(os.path.join(workdir, wandb_writer.RUN_ID_FILE)).read().strip()
     assert run_file.endswith(f"run-{run_id}.wandb")

@@ -148,6 +148,7 @@ def evaluate_tokenizer(
     if "codebook" in metrics:
         results["codebook_usage"], results["codebook_entropy_bits"] = scores.codebook_usage_and_entropy(code_counts)
         results["codebook_perplexity"] = 2.0 ** results["codebook_entropy_bits"]
+        results["dead_codes"] = float(np.sum(np.asarray(code_counts) == 0))  # codes no evaluated image used
     return results
 
 

@@ -90,6 +90,10 @@ class Recipe(Protocol):
     ) -> tuple[dict[str, jax.Array], jax.Array]:
         """(scalars, image grid rows (R, C, H, W, 3) in [0, 1]) every `Plan.grid_every` steps."""
 
+    def window_summaries(self, sums: dict[str, Any], steps: int) -> tuple[dict[str, float], dict[str, Any]]:
+        """The step metrics that are vectors (e.g. per-code counts), summed over a log window of `steps` steps
+        -> (scalars, images (1, H, W, 3)) to log for that window."""
+
 
 class RecipeModule(Protocol):
     """The functions of a recipe module."""

@@ -88,6 +88,9 @@ class MaskGITRecipe:
     def extra_updates(self, state: TrainState, batch: dict[str, jax.Array], outputs: Any, phase: Hashable):
         return state, {}
 
+    def window_summaries(self, sums: dict[str, Any], steps: int) -> tuple[dict[str, float], dict[str, Any]]:
+        return {}, {}  # every metric of a generator step is a scalar
+
     # ---- training --------------------------------------------------------------
     def tokens_of(self, batch: dict[str, jax.Array], frozen: dict[str, Any]) -> jax.Array:
         """The batch's codes: pretokenized, or the frozen tokenizer's encoding of its images."""

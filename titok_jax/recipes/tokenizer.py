@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from titok_jax import checkpoint, losses, optim, recipes
+from titok_jax import checkpoint, images, losses, optim, recipes
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline
 from titok_jax.evaluation import tokenizer_eval
@@ -38,13 +38,22 @@ from titok_jax.trees import matches
 ARTIFACT = recipes.TOKENIZER
 
 
+# Codebooks up to this size also report each code's use (the `code_counts` vector: dead codes and the usage
+# histogram over each log window); a 2**16-entry count per step costs nothing next to the step.
+MAX_COUNTED_CODES = 2**16
+
+
 def codebook_health(indices: jax.Array, codebook_size: int) -> dict[str, jax.Array]:
     """This batch's codebook usage (fraction of codes used), code entropy in bits and perplexity (2**bits: the
-    number of equally used codes with that entropy; a collapsed codebook sits near 1)."""
+    number of equally used codes with that entropy; a collapsed codebook sits near 1), and `code_counts`: how
+    often each code was used (the loop sums it over the log window: `TokenizerRecipe.window_summaries`)."""
     counts = jnp.zeros((codebook_size,), jnp.float32).at[indices.reshape(-1)].add(1.0)
     p = counts / jnp.maximum(counts.sum(), 1.0)
     bits = -jnp.sum(jnp.where(p > 0, p * jnp.log2(jnp.where(p > 0, p, 1.0)), 0.0))
-    return {"codebook_usage": jnp.mean(counts > 0), "codebook_entropy_bits": bits, "codebook_perplexity": 2.0**bits}
+    health = {"codebook_usage": jnp.mean(counts > 0), "codebook_entropy_bits": bits, "codebook_perplexity": 2.0**bits}
+    if codebook_size <= MAX_COUNTED_CODES:
+        health["code_counts"] = counts
+    return health
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -114,6 +123,17 @@ class TokenizerRecipe:
         self, state: TrainState, batch: dict[str, jax.Array], outputs: Any, phase: Hashable
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         return state, {}
+
+    def window_summaries(
+        self, sums: dict[str, np.ndarray], steps: int
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """The log window's code use (`code_counts` summed over its `steps` steps) -> `dead_codes` (codes no
+        batch of the window used), `window_codebook_usage` and the usage histogram image."""
+        if "code_counts" not in sums:
+            return {}, {}
+        counts = sums["code_counts"]
+        scalars = {"dead_codes": float(np.sum(counts == 0)), "window_codebook_usage": float(np.mean(counts > 0))}
+        return scalars, {"codebook_usage_histogram": images.usage_histogram(counts)[None]}
 
     # ---- losses ----------------------------------------------------------------
     def quantizer_terms(self, info: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:

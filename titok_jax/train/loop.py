@@ -166,7 +166,14 @@ def _steps(config, workdir, plan, stop, manager, state, train_iter, frozen, step
             if done % config.log_every == 0 or last or saving:
                 guard.check(tracker, manager.latest_step(), workdir)
             if done % config.log_every == 0 or last:
-                last_metrics = {k: float(v) / metric_count for k, v in jax.device_get(metric_sums).items()}
+                sums = jax.device_get(metric_sums)
+                last_metrics = {k: float(v) / metric_count for k, v in sums.items() if np.ndim(v) == 0}
+                window_scalars, window_images = plan.recipe.window_summaries(
+                    {k: v for k, v in sums.items() if np.ndim(v) > 0}, metric_count
+                )
+                last_metrics.update(window_scalars)
+                if window_images:
+                    writer.write_images(done, window_images)
                 elapsed = time.time() - window_start
                 last_metrics["images_per_second_per_device"] = (
                     metric_count * config.batch_size / max(elapsed, 1e-9) / jax.device_count()
