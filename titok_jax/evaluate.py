@@ -3,16 +3,18 @@ r"""Evaluate a tokenizer checkpoint, a set of samples, or write reference statis
   # rFID / IS / codebook / PSNR / SSIM of a tokenizer workdir's newest checkpoint (EMA params) on config.data's eval split
   python -m titok_jax.evaluate --config=experiments/titok_single_stage.py:tiny_vq --workdir=/tmp/titok_tiny \
       [--metrics=rfid,is,codebook,psnr,ssim] [--inception_weights=DIR/inception.msgpack]
-  # Reference statistics (mu, sigma of the Inception pool features) of config.data's eval split
+  # Reference statistics of config.data's eval split: mu / sigma (pool), mu_s / sigma_s (sFID), pool features
   python -m titok_jax.evaluate --config=... --write_reference_statistics=ref.npz --inception_weights=...
-  # gFID / IS straight from a generator workdir (samples --num_images, 50 per class for 50k over 1000 classes)
+  # The ADM suite (gFID, sFID, IS, precision, recall) straight from a generator workdir (samples --num_images,
+  # 50 per class for 50k over 1000 classes) against an ADM reference batch or our reference statistics
   python -m titok_jax.evaluate --config=experiments/maskgit_generator.py:l32 --workdir=DIR \
       --reference_statistics=VIRTUAL_imagenet256_labeled.npz --inception_weights=... [--num_images=50000]
-  # gFID / IS of samples (titok_jax.sample's samples.npz, arr_0 uint8 (N, H, W, 3)) against reference statistics
+  # The ADM suite of samples (titok_jax.sample's samples.npz, arr_0 uint8 (N, H, W, 3))
   python -m titok_jax.evaluate --samples=samples.npz --reference_statistics=VIRTUAL_imagenet256_labeled.npz \
       --inception_weights=...
 
-Results print as JSON; a workdir evaluation also writes WORKDIR/eval/step_S.json and TensorBoard
+Results print as JSON, with the protocol (network, resize, features, reference and Inception file hashes,
+sample count) under "protocol"; a workdir evaluation also writes WORKDIR/eval/step_S.json and TensorBoard
 scalars `eval/NAME`. Without --inception_weights the Inception network is random (fixed seed) and the
 FID / IS keys say `_random_inception`: fine for smoke tests and tiny runs, not comparable with papers.
 """
@@ -38,14 +40,21 @@ class Options:
     max_images: int = cli.option(0, "Evaluate only the first N eval images (0: all).")
     write_reference_statistics: str | None = cli.option(None, "Write mu/sigma of config.data's eval split here.")
     samples: str | None = cli.option(None, "A samples.npz (arr_0 uint8 (N, H, W, 3)) to score.")
-    reference_statistics: str | None = cli.option(None, "Reference mu/sigma .npz for --samples or a generator.")
+    reference_statistics: str | None = cli.option(
+        None,
+        "Reference .npz for --samples or a generator: an ADM reference batch (mu, sigma, mu_s, sigma_s, arr_0) "
+        "or --write_reference_statistics' output; sFID / precision / recall need their keys.",
+    )
+    batch_size: int = cli.option(64, "Images per Inception batch (--samples and generator workdirs).")
 
 
 def run(config, options: Options) -> dict[str, Any]:
     if options.samples:
         if not options.reference_statistics:
             raise app.UsageError("--samples needs --reference_statistics (an .npz with mu and sigma).")
-        return evaluate.evaluate_samples(options.samples, options.reference_statistics, options.inception_weights)
+        return evaluate.evaluate_samples(
+            options.samples, options.reference_statistics, options.inception_weights, options.batch_size
+        )
     if config is None:
         raise app.UsageError("Give --config with --workdir or --write_reference_statistics, or --samples.")
     if options.write_reference_statistics:
@@ -56,8 +65,9 @@ def run(config, options: Options) -> dict[str, Any]:
         if not options.reference_statistics:
             raise app.UsageError("A generator workdir needs --reference_statistics for gFID.")
         return evaluate.evaluate_generator(
-            config, options.workdir, options.reference_statistics, options.inception_weights, options.num_images
-        )
+            config, options.workdir, options.reference_statistics, options.inception_weights, options.num_images,
+            options.batch_size,
+        )  # fmt: skip
     return evaluate.evaluate_workdir(
         config, options.workdir, list(options.metrics), options.inception_weights, options.max_images
     )

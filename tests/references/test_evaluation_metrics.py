@@ -129,6 +129,10 @@ def test_gfid_of_samples_against_reference_statistics_of_the_same_images(tmp_pat
     assert result["num_images"] == 8
     _, sigma = fid.load_statistics(str(tmp_path / "ref.npz"))
     assert abs(result["gfid_random_inception"]) < 1e-3 * np.trace(sigma)  # the same images: ~0
+    with np.load(tmp_path / "ref.npz") as data:  # the ADM keys, and our pool features for precision / recall
+        assert data["mu_s"].shape == (2023,) and data["pool_features"].shape == (8, 2048)
+        assert abs(result["sfid_random_inception"]) < 1e-3 * np.trace(data["sigma_s"])
+    assert result["precision_random_inception"] == 1.0 and result["recall_random_inception"] == 1.0
     np.savez(tmp_path / "float.npz", arr_0=images)
     with pytest.raises(ValueError, match="uint8"):
         evaluate.evaluate_samples(str(tmp_path / "float.npz"), str(tmp_path / "ref.npz"), "")

@@ -61,7 +61,8 @@ def load_inception(weights: str) -> tuple[Any, bool]:
 
 
 def metric_name(name: str, real_inception: bool) -> str:
-    return name if real_inception or name not in ("rfid", "is", "is_std", "gfid") else f"{name}_random_inception"
+    inception_based = ("rfid", "is", "is_std", "gfid", "sfid", "precision", "recall")
+    return name if real_inception or name not in inception_based else f"{name}_random_inception"
 
 
 @functools.partial(jax.jit, static_argnames=("reconstruct", "encode", "metrics"))
@@ -150,31 +151,3 @@ def evaluate_tokenizer(
         results["codebook_perplexity"] = 2.0 ** results["codebook_entropy_bits"]
         results["dead_codes"] = float(np.sum(np.asarray(code_counts) == 0))  # codes no evaluated image used
     return results
-
-
-@jax.jit
-def pool_and_logits(inception_vars: Any, images_uint8: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """uint8 images -> (Inception pool features (B, 2048), logits (B, 1008))."""
-    return inception.inception_features(inception_vars, images_uint8.astype(jnp.float32) / 255.0)
-
-
-def image_set_statistics(
-    images: np.ndarray, inception_vars: Any, mesh: jax.sharding.Mesh, batch_size: int = 64
-) -> tuple[RunningStatistics, np.ndarray]:
-    """uint8 (N, H, W, 3) images (e.g. `samples.npz`'s arr_0) -> (pool statistics, logits), sharded batches."""
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise ValueError(f"Expected uint8 images (N, H, W, 3) as the ADM layout, got {images.dtype} {images.shape}.")
-    devices = jax.device_count()
-    batch_size = -(-batch_size // devices) * devices
-    stats, logits = RunningStatistics(inception.POOL_FEATURES), []
-    with jax.set_mesh(mesh):
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            padded, _ = sh.pad_batch(chunk, batch_size)
-            local = sh.process_local(padded)  # every process read the file
-            sharded = jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 4), local)
-            pool, batch_logits = pool_and_logits(inception_vars, sharded)
-            mask = np.arange(batch_size) < len(chunk)
-            stats.update(pool, mask)
-            logits.append(to_host(batch_logits)[mask])
-    return stats, np.concatenate(logits)

@@ -48,6 +48,10 @@ Precision = jax.lax.PrecisionLike
 INCEPTION_IMAGE_SIZE = 299
 NUM_CLASSES = 1008  # TF's 2015 graph: 1000 ImageNet classes + 8 unused
 POOL_FEATURES = 2048
+# sFID (the ADM evaluator's `mixed_6/conv`): the first 7 channels of Mixed_6d's 1x1 branch at 17 x 17, flattened
+# in (height, width, channel) order as TF's NHWC tensor is: 17 * 17 * 7 = 2023 features.
+SPATIAL_CHANNELS = 7
+SPATIAL_FEATURES = 17 * 17 * SPATIAL_CHANNELS
 BN_EPSILON = 1e-3  # torchvision's BasicConv2d
 
 _CONV_AXES = (sh.KERNEL_HEIGHT, sh.KERNEL_WIDTH, sh.CONV_IN, sh.CONV_OUT)
@@ -262,7 +266,8 @@ class FIDInceptionE(nn.Module):
 
 
 class FIDInceptionV3(nn.Module):
-    """pytorch-fid's FID Inception-v3: NHWC images in [0, 1] -> {"pool": (B, 2048), "logits": (B, 1008)}.
+    """pytorch-fid's FID Inception-v3: NHWC images in [0, 1] -> {"pool": (B, 2048), "logits": (B, 1008),
+    "spatial": (B, 2023)} (the sFID features).
 
     Apply with {"params": ..., "batch_stats": ...}; BatchNorm always uses the
     running statistics and nothing is mutated, so no `mutable=` is needed.
@@ -290,6 +295,8 @@ class FIDInceptionV3(nn.Module):
         x = FIDInceptionC(128, p, name="Mixed_6b")(x)
         x = FIDInceptionC(160, p, name="Mixed_6c")(x)
         x = FIDInceptionC(160, p, name="Mixed_6d")(x)
+        # The 1x1 branch leads Mixed_6d's concatenated output, so its first channels are the block's.
+        spatial = x[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
         x = FIDInceptionC(192, p, name="Mixed_6e")(x)
         x = InceptionD(p, name="Mixed_7a")(x)  # 8 x 8 x 1280
         x = FIDInceptionE("avg", p, name="Mixed_7b")(x)  # 2048
@@ -304,7 +311,7 @@ class FIDInceptionV3(nn.Module):
             bias_init=partitioned(ZEROS, sh.CLASSES),
             name="fc",
         )(pool)
-        return {"pool": pool, "logits": logits}
+        return {"pool": pool, "logits": logits, "spatial": spatial}
 
 
 def inception_features(
@@ -316,6 +323,11 @@ def inception_features(
     returns it. Pure and shape-static, so it can be jitted (or pjitted with the
     variables replicated); gradients never flow into the frozen weights.
     """
-    variables = jax.lax.stop_gradient({"params": variables["params"], "batch_stats": variables["batch_stats"]})
-    outputs = FIDInceptionV3(precision=precision).apply(variables, images)
+    outputs = all_features(variables, images, precision)
     return outputs["pool"], outputs["logits"]
+
+
+def all_features(variables: Variables, images: jax.Array, precision: Precision = HIGHEST) -> dict[str, jax.Array]:
+    """{"pool" (B, 2048), "logits" (B, 1008), "spatial" (B, 2023)}: every feature the ADM suite reads."""
+    variables = jax.lax.stop_gradient({"params": variables["params"], "batch_stats": variables["batch_stats"]})
+    return FIDInceptionV3(precision=precision).apply(variables, images)
