@@ -17,7 +17,7 @@ import os
 import ml_collections
 
 from titok_jax import configs
-from titok_jax.recipes import defaults
+from titok_jax.recipes import defaults, generation_eval
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -79,6 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
     config.sample_every = 5_000  # EMA sample grid in TensorBoard (official generate_every)
+    # In-training gFID / sFID / IS / precision / recall of EMA samples every `every` steps (0: off); reference:
+    # an ADM reference batch, or empty for config.data's eval split (recipes/generation_eval.py).
+    config.evaluation = ml_collections.ConfigDict(generation_eval.DEFAULTS)
     if arg.variant == "tiny":
         _shrink_for_cpu(config)
     return config

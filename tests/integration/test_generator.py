@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import SINGLE_STAGE
+from tensorboard.backend.event_processing import event_accumulator
 from train_helpers import build_recipe, tiny_config, tiny_generator_config, write_tokenizer
 
 from titok_jax import Tokenizer, recipes
@@ -88,6 +89,37 @@ def test_trains_on_shards_then_samples_deterministically(tokenizer, tmp_path):
         written = json.load(f)
     assert written.pop("protocol") == results["protocol"] and results["protocol"]["num_samples"] == 8
     assert written == pytest.approx({k: v for k, v in results.items() if k != "protocol"})
+
+
+def test_in_training_gfid_of_the_tiny_generator_reaches_tensorboard_and_json(tokenizer, tmp_path):
+    overrides = {"evaluation.every": 4, "evaluation.num_images": 8, "evaluation.batch_size": 8}
+    config = tiny_generator_config(*tokenizer, **overrides, **{"data.eval_num_examples": 8})
+    workdir = str(tmp_path / "generator")
+    metrics = recipes.train(config, workdir)
+    names = ("gfid", "sfid", "is", "precision", "recall")
+    for name in names:  # random Inception here: the keys say so
+        assert np.isfinite(metrics[f"eval/{name}_random_inception"]), name
+    assert metrics["eval/num_images"] == 8 and metrics["eval/gfid_random_inception"] > 0
+    assert 0 <= metrics["eval/precision_random_inception"] <= 1 and 0 <= metrics["eval/recall_random_inception"] <= 1
+    with open(os.path.join(workdir, "eval", "step_4.json")) as f:
+        written = json.load(f)
+    assert written == pytest.approx({k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")})
+    accumulator = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    assert {f"eval/{n}_random_inception" for n in names} <= set(accumulator.Tags()["tensors"])
+    # The reference (config.data's eval split: 8 images) was written once, in the ADM keys.
+    with np.load(os.path.join(workdir, "eval", "reference_statistics.npz")) as data:
+        assert data["mu_s"].shape == (2023,) and data["pool_features"].shape == (8, 2048)
+
+
+def test_generator_evaluation_fields_are_checked(tokenizer, tmp_path):
+    for overrides, message in (
+        ({"evaluation.num_images": 2, "evaluation.every": 4}, "must be > 3"),
+        ({"evaluation.reference": str(tmp_path / "nope.npz")}, "does not exist"),
+        ({"evaluation.every": -1}, "non-negative int"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            recipes.validate(tiny_generator_config(*tokenizer, **overrides))
 
 
 def test_balanced_classes_of_the_50k_protocol():

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from titok_jax import sharding as sh
+from titok_jax.data import pipeline
 from titok_jax.evaluation import fid, precision_recall, scores
 from titok_jax.evaluation.statistics import RunningStatistics
 from titok_jax.models import inception
@@ -98,6 +99,19 @@ def image_set_features(
             sharded = jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 4), local)
             features.add(sharded, np.arange(batch_size) < len(chunk))
     return features.result()
+
+
+def eval_split_features(
+    data_config: Any, batch_size: int, mesh: jax.sharding.Mesh, inception_vars: Any, keep: int | None = None
+) -> FeatureSet:
+    """The features of a data config's eval split (eval transform), each process reading its own shard."""
+    accumulator = FeatureAccumulator(inception_vars, keep)
+    with jax.set_mesh(mesh):
+        for batch in pipeline.make_eval_iterator(data_config, batch_size):
+            images = np.round(batch["image"] * 255).astype(np.uint8)
+            sharded = jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 4), images)
+            accumulator.add(sharded, jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 1), batch["mask"]))
+    return accumulator.result()
 
 
 @dataclasses.dataclass(frozen=True)

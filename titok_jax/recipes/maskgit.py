@@ -33,7 +33,7 @@ from titok_jax.inference.tokenizer import Tokenizer
 from titok_jax.models import resize
 from titok_jax.models.maskgit import MaskGITBert, MaskGITUViT, maskgit_from_config
 from titok_jax.models.titok import TiTok, titok_from_config
-from titok_jax.recipes import init_from
+from titok_jax.recipes import generation_eval, init_from
 from titok_jax.sampling import SamplingSettings
 from titok_jax.train import masking
 from titok_jax.train.loop import Plan
@@ -170,6 +170,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     SamplingSettings.from_config(config.sampling)
     if not 0.0 <= config.losses.class_dropout < 1.0:
         raise ValueError(f"losses.class_dropout must be in [0, 1), got {config.losses.class_dropout}.")
+    if "evaluation" in config:  # runs recorded before in-training gFID have none
+        generation_eval.validate(config.evaluation)
     workdir, tok_config = _tokenizer_source(config)
     if tok_config is not None:
         recipes.validate(tok_config)
@@ -289,15 +291,18 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, np.ndar
 
 
 def prepare(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str) -> Plan:
-    """The loop's plan: recipe + frozen tokenizer, token (or image) data, the EMA sample grid."""
+    """The loop's plan: recipe + frozen tokenizer, token (or image) data, the EMA sample grid, in-training gFID."""
     recipe, frozen = build(config)
     warm_start = init_from.warm_start(
         config, workdir, init_from.abstract_params(recipe, config.seed), load_init_source, resize_rules(config)
     )
     train_iter, grid_batch = make_data(config)
+    evaluators = []
+    if config.get("evaluation") and config.evaluation.every:  # gFID / sFID / IS / precision / recall of samples
+        evaluators.append(generation_eval.gfid_evaluator(config, recipe, frozen, mesh, workdir))
     return Plan(
         recipe=recipe, frozen=frozen, mesh=mesh, train_iter=train_iter, grid_batch=grid_batch,
-        grid_every=config.sample_every, warm_start=warm_start,
+        grid_every=config.sample_every, evaluators=evaluators, warm_start=warm_start,
     )  # fmt: skip
 
 

@@ -14,7 +14,6 @@ from clu import metric_writers
 
 from titok_jax import files, recipes
 from titok_jax import sharding as sh
-from titok_jax.data import pipeline
 from titok_jax.evaluation import adm, fid, tokenizer_eval
 from titok_jax.inference.samples import write_samples
 from titok_jax.tasks import runs
@@ -70,13 +69,7 @@ def reference_statistics(config: ml_collections.ConfigDict, output: str, incepti
     recipes.validate(config)
     variables, real = tokenizer_eval.load_inception(inception_weights)
     mesh = sh.make_mesh(**config.mesh)
-    accumulator = adm.FeatureAccumulator(variables, keep=adm.MAX_REFERENCE_FEATURES)
-    with jax.set_mesh(mesh):
-        for batch in pipeline.make_eval_iterator(config.data, config.eval_batch_size):
-            images = np.round(batch["image"] * 255).astype(np.uint8)
-            sharded = jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 4), images)
-            accumulator.add(sharded, jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 1), batch["mask"]))
-    features = accumulator.result()
+    features = adm.eval_split_features(config.data, config.eval_batch_size, mesh, variables, adm.MAX_REFERENCE_FEATURES)
     adm.write_reference(output, features, real_inception=np.asarray(real))
     return {"num_images": features.pool.count, "output": output, "real_inception": real}
 
