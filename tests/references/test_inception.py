@@ -24,7 +24,9 @@ from helpers import EXPERIMENTS, count_params
 from pytorch_fid import inception as pytorch_fid_inception
 
 from titok_jax.convert import inception as convert
+from titok_jax.evaluation import tokenizer_eval
 from titok_jax.models import inception as im
+from titok_jax.tasks import evaluate
 
 REPO = EXPERIMENTS.parent
 
@@ -157,10 +159,28 @@ def test_converter_file_and_cli_round_trip(tmp_path, torch_model, variables, fea
     weights = tmp_path / convert.TORCH_WEIGHTS_FILENAME
     torch.save(torch_model.state_dict(), weights)  # includes the int64 num_batches_tracked counters
 
-    path = convert.convert_file(weights, tmp_path / "by_function")
+    # Random weights are not pytorch-fid's file (its sha256 starts with 6726825d): refused by name, unless allowed.
+    digest = convert.sha256_of(weights)
+    with pytest.raises(ValueError, match=f"its sha256 is {digest}, which does not start with 6726825d"):
+        convert.convert_file(weights, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    path = convert.convert_file(weights, tmp_path / "by_function", allow_other_weights=True)
     assert path == str(tmp_path / "by_function" / "inception.msgpack")
+    assert convert.source_of(path) == {"source": weights.name, "source_sha256": digest, "fid_weights": False}
+    # An evaluation refuses the marked conversion, naming the file it came from; the protocol records it.
+    with pytest.raises(ValueError, match=r"not from pytorch-fid's pt_inception-2015-12-05-6726825d\.pth"):
+        tokenizer_eval.load_inception(path)
+    protocol = evaluate.inception_protocol(str(tmp_path / "by_function"))
+    assert protocol["inception_source_sha256"] == digest and protocol["inception_sha256"] == convert.sha256_of(path)
     result = subprocess.run(
-        [sys.executable, "-m", "titok_jax.convert.inception", f"--torch_weights={weights}", f"--output={tmp_path}"],
+        [
+            sys.executable,
+            "-m",
+            "titok_jax.convert.inception",
+            f"--torch_weights={weights}",
+            f"--output={tmp_path}",
+            "--allow_other_weights",
+        ],
         cwd=REPO,
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
         capture_output=True,

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -42,7 +44,11 @@ from titok_jax.convert.torch_layout import read_state_dict
 Tree = dict[str, Any]
 
 PARAMS_FILENAME = "inception.msgpack"
+# Written beside it: which file it was converted from, with that file's sha256.
+SOURCE_FILENAME = "inception_source.json"
 TORCH_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+# torch hub names a weight file by the leading hex digits of its sha256: pytorch-fid's starts with these.
+TORCH_WEIGHTS_SHA256_PREFIX = "6726825d"
 TORCH_WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{TORCH_WEIGHTS_FILENAME}"
 CONVERT_COMMAND = f"python -m titok_jax.convert.inception --torch_weights={TORCH_WEIGHTS_FILENAME} --output=DIR"
 _DROPPED_SUFFIXES = (".num_batches_tracked",)
@@ -121,13 +127,63 @@ def save_inception_params(variables: Mapping[str, Any], path: str | os.PathLike)
         f.write(serialization.msgpack_serialize(tree))
 
 
-def convert_file(torch_weights: str | os.PathLike, output_dir: str | os.PathLike) -> str:
-    """Converts pytorch-fid's .pth (or a .safetensors of the same state dict); returns DIR/inception.msgpack."""
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def convert_file(
+    torch_weights: str | os.PathLike, output_dir: str | os.PathLike, allow_other_weights: bool = False
+) -> str:
+    """Converts pytorch-fid's .pth (or a .safetensors of the same state dict); returns DIR/inception.msgpack and
+    writes DIR/inception_source.json (the source file and its sha256).
+
+    A file whose sha256 does not start with pytorch-fid's 6726825d is refused, naming it (FIDs from other
+    weights are not comparable with published ones), unless `allow_other_weights` (e.g. test weights); such a
+    file's conversion is then marked, and evaluations refuse it (`check_source`)."""
+    digest = sha256_of(torch_weights)
+    fid_weights = digest.startswith(TORCH_WEIGHTS_SHA256_PREFIX)
+    if not fid_weights and not allow_other_weights:
+        raise ValueError(
+            f"{os.fspath(torch_weights)!r} is not pytorch-fid's {TORCH_WEIGHTS_FILENAME}: its sha256 is {digest}, "
+            f"which does not start with {TORCH_WEIGHTS_SHA256_PREFIX}. Download that file from {TORCH_WEIGHTS_URL} "
+            "(or pass --allow_other_weights to convert other weights, which evaluations then refuse)."
+        )
     variables = convert_state_dict(read_state_dict(torch_weights, drop_suffixes=_DROPPED_SUFFIXES))
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(os.fspath(output_dir), PARAMS_FILENAME)
     save_inception_params(variables, path)
+    source = {"source": os.path.basename(os.fspath(torch_weights)), "source_sha256": digest, "fid_weights": fid_weights}
+    with open(os.path.join(os.fspath(output_dir), SOURCE_FILENAME), "w") as f:
+        json.dump(source, f, indent=2)
     return path
+
+
+def source_of(path: str | os.PathLike) -> dict[str, Any] | None:
+    """What an inception.msgpack was converted from (None when no record sits beside it)."""
+    path = os.fspath(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    record = os.path.join(folder, SOURCE_FILENAME)
+    if not os.path.isfile(record):
+        return None
+    with open(record) as f:
+        return json.load(f)
+
+
+def check_source(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Refuses weights converted from a file other than pytorch-fid's; returns the source record."""
+    source = source_of(path)
+    if source is not None and not source.get("fid_weights", False):
+        raise ValueError(
+            f"{os.fspath(path)!r} was converted from {source.get('source')!r} (sha256 {source.get('source_sha256')}), "
+            f"not from pytorch-fid's {TORCH_WEIGHTS_FILENAME}: FID / IS from it are not comparable with published "
+            f"numbers. Convert that file ({CONVERT_COMMAND}) or leave the weights empty for the labelled random "
+            "network."
+        )
+    return source
 
 
 # ---------------------------------------------------------------------------- loading
@@ -203,6 +259,9 @@ class Options:
         None, f"pytorch-fid's {TORCH_WEIGHTS_FILENAME} (from {TORCH_WEIGHTS_URL}).", required=True
     )
     output: str = cli.option(None, f"Output directory; {PARAMS_FILENAME} is written there.", required=True)
+    allow_other_weights: bool = cli.option(
+        False, "Convert weights that are not pytorch-fid's (evaluations refuse them)."
+    )
 
 
 def run(config: None, options: Options) -> dict[str, str]:
@@ -210,7 +269,7 @@ def run(config: None, options: Options) -> dict[str, str]:
     from absl import app
 
     try:
-        return {"output": convert_file(options.torch_weights, options.output)}
+        return {"output": convert_file(options.torch_weights, options.output, options.allow_other_weights)}
     except (ValueError, FileNotFoundError, ImportError) as err:
         raise app.UsageError(str(err)) from err  # the message, without a traceback
 

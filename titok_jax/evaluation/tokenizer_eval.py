@@ -54,9 +54,11 @@ def random_inception_variables(seed: int = INCEPTION_SEED) -> Any:
 def load_inception(weights: str) -> tuple[Any, bool]:
     """(Inception variables, whether they are the real FID weights). Empty `weights`: random, labelled."""
     if weights:
-        from titok_jax.convert.inception import load_inception_params
+        from titok_jax.convert.inception import check_source, load_inception_params
 
-        return load_inception_params(weights, setting="config.evaluation.inception_weights"), True
+        variables = load_inception_params(weights, setting="config.evaluation.inception_weights")
+        check_source(weights)  # converted from another file than pytorch-fid's: named and refused
+        return variables, True
     return random_inception_variables(), False
 
 

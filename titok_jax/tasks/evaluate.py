@@ -14,6 +14,7 @@ from clu import metric_writers
 
 from titok_jax import files, recipes
 from titok_jax import sharding as sh
+from titok_jax.convert.inception import PARAMS_FILENAME, source_of
 from titok_jax.evaluation import adm, fid, tokenizer_eval
 from titok_jax.inference.samples import write_samples
 from titok_jax.tasks import runs
@@ -78,10 +79,12 @@ def inception_protocol(inception_weights: str) -> dict[str, str]:
     """Which Inception weights scored a set: the file and its sha256, or the random network."""
     if not inception_weights:
         return {"inception_weights": f"random (seed {tokenizer_eval.INCEPTION_SEED}): not comparable with papers"}
-    return {
-        "inception_weights": os.path.abspath(inception_weights),
-        "inception_sha256": adm.file_sha256(inception_weights),
-    }
+    path = os.path.join(inception_weights, PARAMS_FILENAME) if os.path.isdir(inception_weights) else inception_weights
+    protocol = {"inception_weights": os.path.abspath(path), "inception_sha256": adm.file_sha256(path)}
+    source = source_of(path)
+    if source is not None:
+        protocol.update(inception_source=source["source"], inception_source_sha256=source["source_sha256"])
+    return protocol
 
 
 def evaluate_samples(samples: str, reference: str, inception_weights: str, batch_size: int = 64) -> dict[str, Any]:
