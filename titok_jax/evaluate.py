@@ -9,6 +9,8 @@ r"""Evaluate a tokenizer checkpoint, a set of samples, or write reference statis
   # 50 per class for 50k over 1000 classes) against an ADM reference batch or our reference statistics
   python -m titok_jax.evaluate --config=experiments/maskgit_generator.py:l32 --workdir=DIR \
       --reference_statistics=VIRTUAL_imagenet256_labeled.npz --inception_weights=... [--num_images=50000]
+  # ... of a generator bundle or an official generator (+ --tokenizer), sampled into --output
+  python -m titok_jax.evaluate --generator=/data/l32_generator_bundle --reference_statistics=... --num_images=50000
   # The ADM suite of samples (titok_jax.sample's samples.npz, arr_0 uint8 (N, H, W, 3))
   python -m titok_jax.evaluate --samples=samples.npz --reference_statistics=VIRTUAL_imagenet256_labeled.npz \
       --inception_weights=...
@@ -40,6 +42,11 @@ class Options:
     max_images: int = cli.option(0, "Evaluate only the first N eval images (0: all).")
     write_reference_statistics: str | None = cli.option(None, "Write mu/sigma of config.data's eval split here.")
     samples: str | None = cli.option(None, "A samples.npz (arr_0 uint8 (N, H, W, 3)) to score.")
+    generator: str | None = cli.option(
+        None, "A generator bundle or official generator (hub dir; with --tokenizer) to sample and score."
+    )
+    tokenizer: str = cli.option("", "--generator: the tokenizer an official generator models.")
+    output: str = cli.option("", "--generator: where its samples go (default ./samples_NAME).")
     reference_statistics: str | None = cli.option(
         None,
         "Reference .npz for --samples or a generator: an ADM reference batch (mu, sigma, mu_s, sigma_s, arr_0) "
@@ -55,8 +62,15 @@ def run(config, options: Options) -> dict[str, Any]:
         return evaluate.evaluate_samples(
             options.samples, options.reference_statistics, options.inception_weights, options.batch_size
         )
+    if options.generator:
+        if not options.reference_statistics:
+            raise app.UsageError("--generator needs --reference_statistics (an ADM reference batch or ours).")
+        return evaluate.evaluate_generator_path(
+            options.generator, options.reference_statistics, options.tokenizer, options.inception_weights,
+            options.num_images, options.batch_size, options.output,
+        )  # fmt: skip
     if config is None:
-        raise app.UsageError("Give --config with --workdir or --write_reference_statistics, or --samples.")
+        raise app.UsageError("Give --config with --workdir or --write_reference_statistics, --samples or --generator.")
     if options.write_reference_statistics:
         return evaluate.reference_statistics(config, options.write_reference_statistics, options.inception_weights)
     if not options.workdir:

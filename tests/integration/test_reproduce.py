@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from train_helpers import tiny_config, tiny_generator_config, write_official_generator
 
+from titok_jax import evaluate as evaluate_command
 from titok_jax import reproduce as reproduce_command
 from titok_jax.convert import titok as convert_titok
 from titok_jax.data import synthetic
@@ -53,15 +54,35 @@ def test_a_released_tokenizer_on_an_image_folder_prints_ours_next_to_the_publish
     assert "center crop" in results["protocol"]["transform"]
 
 
-def test_a_released_generator_samples_and_scores_against_the_reference(hub_tokenizer, tmp_path):
+@pytest.fixture(scope="module")
+def official_generator(hub_tokenizer, tmp_path_factory):
+    """(the tiny generator with random weights in the official hub layout, its sampler settings, a reference)."""
     config = tiny_generator_config(hub_tokenizer)
     model = maskgit_from_config(config.model)
     ids, labels = jnp.zeros((1, model.num_tokens), jnp.int32), jnp.zeros((1,), jnp.int32)
     variables = jax.device_get({"params": nn.meta.unbox(model.init(jax.random.PRNGKey(4), ids, labels))["params"]})
-    official = str(tmp_path / "generator")
+    folder = tmp_path_factory.mktemp("generator")
+    official = str(folder / "official")
     write_official_generator(model, variables, SamplingSettings.from_config(config.sampling), official)
-    reference = str(tmp_path / "ref.npz")
+    reference = str(folder / "ref.npz")
     fid.save_statistics(reference, np.zeros(2048), np.eye(2048))  # pytorch-fid's layout: gFID and IS only
+    return official, config.sampling, reference
+
+
+def test_evaluate_samples_and_scores_a_generator_checkpoint(hub_tokenizer, official_generator, tmp_path):
+    official, sampling, reference = official_generator
+    options = evaluate_command.Options(
+        generator=official, tokenizer=hub_tokenizer, reference_statistics=reference, num_images=10, batch_size=8,
+        output=str(tmp_path / "samples"),
+    )  # fmt: skip
+    results = evaluate_command.run(None, options)
+    assert results["num_images"] == 10 and results["gfid_random_inception"] > 0
+    assert results["protocol"]["sampler"]["guidance_scale"] == sampling.guidance_scale
+    assert np.load(tmp_path / "samples" / "samples.npz")["arr_0"].shape == (10, 32, 32, 3)
+
+
+def test_a_released_generator_samples_and_scores_against_the_reference(hub_tokenizer, official_generator, tmp_path):
+    official, sampling, reference = official_generator
     options = reproduce_command.Options(
         release="generator_titok_l32_imagenet", checkpoint=official, tokenizer=hub_tokenizer, reference=reference,
         num_images=10, batch_size=8, output=str(tmp_path / "gen.json"),
@@ -69,7 +90,7 @@ def test_a_released_generator_samples_and_scores_against_the_reference(hub_token
     results = reproduce_command.run(None, options)
     assert results["num_images"] == 10 and results["gfid_random_inception"] > 0
     assert "| gfid | " in results["table"] and "| 2.77 |" in results["table"] and "| 194.00 |" in results["table"]
-    assert results["protocol"]["sampler"]["num_steps"] == config.sampling.num_steps
+    assert results["protocol"]["sampler"]["num_steps"] == sampling.num_steps
     samples = np.load(tmp_path / "gen_samples" / "samples.npz")
     np.testing.assert_array_equal(samples["labels"], np.arange(10))
 

@@ -4,6 +4,7 @@ of a data split (in the ADM reference keys)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ from titok_jax import files, recipes
 from titok_jax import sharding as sh
 from titok_jax.convert.inception import PARAMS_FILENAME, source_of
 from titok_jax.evaluation import adm, fid, tokenizer_eval
+from titok_jax.inference.generator import Generator
 from titok_jax.inference.samples import write_samples
 from titok_jax.tasks import runs
 
@@ -61,6 +63,34 @@ def evaluate_generator(
     write_samples(generator, num_images, output, batch_size=batch_size)
     results = evaluate_samples(os.path.join(output, "samples.npz"), reference, inception_weights, batch_size)
     write_results(workdir, step, results)
+    return results
+
+
+def evaluate_generator_path(
+    path: str,
+    reference: str,
+    tokenizer: str = "",
+    inception_weights: str = "",
+    num_images: int = 50_000,
+    batch_size: int = 64,
+    output_dir: str = "",
+) -> dict[str, Any]:
+    """The ADM suite of anything Generator.load reads (a generator bundle, an official generator hub directory
+    with `tokenizer`): samples into `output_dir` (default ./samples_NAME; the source is never written to)."""
+    fid.load_statistics(reference)  # a missing reference fails before loading or sampling
+    generator = Generator.load(path, tokenizer=tokenizer or None)
+    output_dir = output_dir or os.path.join(os.getcwd(), f"samples_{os.path.basename(os.path.normpath(path))}")
+    return score_generator(generator, reference, inception_weights, num_images, batch_size, output_dir)
+
+
+def score_generator(
+    generator: Generator, reference: str, inception_weights: str, num_images: int, batch_size: int, output_dir: str
+) -> dict[str, Any]:
+    """`num_images` class-balanced samples into `output_dir`, scored by the ADM suite; the protocol names the
+    sampler settings."""
+    write_samples(generator, num_images, output_dir, batch_size=batch_size)
+    results = evaluate_samples(os.path.join(output_dir, "samples.npz"), reference, inception_weights, batch_size)
+    results["protocol"]["sampler"] = dataclasses.asdict(generator.settings)
     return results
 
 

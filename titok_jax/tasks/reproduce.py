@@ -22,7 +22,6 @@ from titok_jax.data import pipeline
 from titok_jax.evaluation import tokenizer_eval
 from titok_jax.inference import tokenizer as tokenizer_lib
 from titok_jax.inference.generator import Generator
-from titok_jax.inference.samples import write_samples
 from titok_jax.inference.tokenizer import Tokenizer
 from titok_jax.tasks import evaluate
 
@@ -145,12 +144,8 @@ def reproduce_generator(
     path = checkpoint or entry.hub_id
     generator = Generator.load(path, tokenizer=tok) if os.path.exists(path) else Generator.from_pretrained(path, tok)
     output_dir = output_dir or os.path.join(os.getcwd(), f"reproduce_{name}")
-    write_samples(generator, num_images, output_dir, batch_size=batch_size)
-    results = evaluate.evaluate_samples(
-        os.path.join(output_dir, "samples.npz"), reference, inception_weights, batch_size
-    )
-    protocol = {**results.pop("protocol"), "sampler": dataclasses.asdict(generator.settings)}
-    return _with_comparison(name, entry, results, protocol, real=bool(inception_weights))
+    results = evaluate.score_generator(generator, reference, inception_weights, num_images, batch_size, output_dir)
+    return _with_comparison(name, entry, results, results.pop("protocol"), real=bool(inception_weights))
 
 
 def _with_comparison(
