@@ -60,8 +60,7 @@ def evaluate_generator(
     generator = runs.load_generator(config, workdir)
     step = int(generator.metadata["step"])
     output = os.path.join(workdir, "samples", f"step_{step}")
-    write_samples(generator, num_images, output, batch_size=batch_size)
-    results = evaluate_samples(os.path.join(output, "samples.npz"), reference, inception_weights, batch_size)
+    results = score_generator(generator, reference, inception_weights, num_images, batch_size, output)
     write_results(workdir, step, results)
     return results
 
