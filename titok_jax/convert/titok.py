@@ -134,6 +134,11 @@ def hub_config_from_fields(model: TiTok, allow_custom_sizes: bool = False) -> di
             f"The official TiTok layout has VQ and VAE tokenizers only, not quantize_mode={model.quantize_mode!r}: "
             "export it as a titok_jax bundle (--format=bundle, the default)."
         )
+    if model.token_dropout != "none":
+        raise ValueError(
+            "The official TiTok layout has no variable-length (token_dropout) tokenizers: export it as a titok_jax "
+            "bundle (--format=bundle, the default)."
+        )
     vq: dict[str, Any] = {}
     if model.quantize_mode == "vq":
         vq.update(

@@ -351,10 +351,21 @@ class Tokenizer:
                 "pixels. Decode with the stage-2 weights (trained with the pixel decoder; finetune_decoder=true)."
             )
         tokens = np.asarray(tokens)
+        if self.model.quantize_mode != "vae" and tokens.ndim == 3 and tokens.shape[1] == 1:
+            tokens = tokens[:, 0]  # the official (B, 1, K) layout
+        length = tokens.shape[1] if tokens.ndim >= 2 else 0
+        if 1 <= length < self.num_tokens and self.model.token_dropout == "none":
+            raise ValueError(
+                f"This tokenizer was trained without token dropout: decode takes all {self.num_tokens} tokens, got "
+                f"{length}. Only a variable-length tokenizer (model.token_dropout uniform / pow2) decodes a prefix."
+            )
+        prefix_ok = self.model.token_dropout != "none" and 1 <= length <= self.num_tokens
         if self.model.quantize_mode != "vae":
-            if tokens.ndim == 3 and tokens.shape[1] == 1:
-                tokens = tokens[:, 0]  # the official (B, 1, K) layout
-            if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens or not np.issubdtype(tokens.dtype, np.integer):
+            if (
+                tokens.ndim != 2
+                or not (prefix_ok or length == self.num_tokens)
+                or not np.issubdtype(tokens.dtype, np.integer)
+            ):
                 raise ValueError(
                     f"Expected integer tokens (batch, {self.num_tokens}); got {tokens.dtype} {tokens.shape}."
                 )
@@ -365,7 +376,7 @@ class Tokenizer:
                 )
             tokens = tokens.astype(np.int32)
         else:
-            expected = (self.num_tokens, self.model.token_size)
+            expected = (length if prefix_ok else self.num_tokens, self.model.token_size)
             if tokens.ndim != 3 or tokens.shape[1:] != expected:
                 raise ValueError(f"Expected VAE latents (batch, {expected[0]}, {expected[1]}); got {tokens.shape}.")
             tokens = tokens.astype(np.float32)

@@ -51,6 +51,19 @@ QUANTIZE_MODES = ("vq", "vae", "fsq", "lfq", "bsq")
 DISCRETE_MODES = ("vq", "fsq", "lfq", "bsq")
 # Modes without a learned codebook: the code of an id is computed (FSQ levels, LFQ / BSQ bits).
 LOOKUP_FREE_MODES = ("fsq", "lfq", "bsq")
+# How many leading tokens a variable-length tokenizer keeps per training image (TiTok.token_dropout).
+TOKEN_DROPOUTS = ("none", "uniform", "pow2")
+
+
+def draw_num_kept(rng: jax.Array, batch: int, num_tokens: int, distribution: str) -> jax.Array:
+    """(batch,) int32 token counts to keep: uniform over 1..K, or uniform over the powers of two 1, 2, .., K
+    (and K itself when K is not a power of two)."""
+    if distribution == "uniform":
+        return jax.random.randint(rng, (batch,), 1, num_tokens + 1, jnp.int32)
+    if distribution == "pow2":
+        counts = sorted({min(2**i, num_tokens) for i in range(int(np.ceil(np.log2(num_tokens))) + 1)})
+        return jnp.asarray(counts, jnp.int32)[jax.random.randint(rng, (batch,), 0, len(counts))]
+    raise ValueError(f"token_dropout={distribution!r} draws no counts; one of {TOKEN_DROPOUTS[1:]}.")
 
 
 def quantizer_fields(mode: str, bits: int, group_size: int = 0) -> dict[str, Any]:
@@ -293,12 +306,21 @@ class TiTok(nn.Module):
     # The ViT blocks under nn.scan (params stacked along a leading depth axis: compiles each block once).
     # Checkpoints keep the layout they were trained with; exports are always unscanned (models.layer_stack).
     scan_layers: bool = False
+    # Variable-length tokens (nested dropout; FlexTok, One-D-Piece): "none" (the published models), or a training
+    # distribution of how many leading tokens are kept per image, "uniform" (k in 1..K) or "pow2" (k in 1, 2, 4,
+    # ..., K). The dropped positions are a learned vector (`latent_mask_vector`), so any prefix decodes and shapes
+    # stay static under jit.
+    token_dropout: str = "none"
 
     def setup(self):
         validate_fields(self)
         self.latent_tokens = _embedding_param(
             self, "latent_tokens", (self.num_latent_tokens, self.encoder_width), (sh.LENGTH, sh.EMBED)
         )
+        if self.token_dropout != "none":
+            self.latent_mask_vector = self.param(
+                "latent_mask_vector", partitioned(nn.initializers.normal(0.02), sh.TOKEN), (self.token_size,)
+            )
         self.encoder = TiTokEncoder(
             image_size=self.image_size,
             patch_size=self.encoder_patch_size,
@@ -383,14 +405,30 @@ class TiTok(nn.Module):
             return self.quantize(features, train=sample_posterior)
         return self.quantize(features, sample=sample_posterior)
 
+    def keep_prefix(self, latents: jax.Array, num_kept: jax.Array) -> jax.Array:
+        """Latents (B, K, token_size) with the positions >= num_kept (B,) replaced by the mask vector."""
+        if self.token_dropout == "none":
+            raise ValueError(
+                "This TiTok was built with token_dropout='none': it has no mask vector for dropped tokens."
+            )
+        kept = jnp.arange(latents.shape[1])[None, :, None] < jnp.asarray(num_kept)[:, None, None]
+        return jnp.where(kept, latents, self.latent_mask_vector.astype(latents.dtype))
+
     def decode(self, latents: jax.Array) -> jax.Array:
         """Latents (B, K, token_size) -> pixels (B, H, W, 3), or float32 proxy-code
-        logits (B, grid, grid, proxy_codebook_size) for a stage-1 two-stage model."""
+        logits (B, grid, grid, proxy_codebook_size) for a stage-1 two-stage model. A model trained with
+        token_dropout also takes a prefix (B, k, token_size), 1 <= k <= K: the rest are mask vectors."""
         if latents.ndim != 3 or latents.shape[-1] != self.token_size or latents.shape[1] > self.num_latent_tokens:
             raise ValueError(
                 f"TiTok.decode expects latents of shape (batch, {self.num_latent_tokens}, {self.token_size}); "
                 f"got {latents.shape}."
             )
+        if self.token_dropout != "none" and latents.shape[1] < self.num_latent_tokens:
+            missing = self.num_latent_tokens - latents.shape[1]
+            tail = jnp.broadcast_to(
+                self.latent_mask_vector.astype(latents.dtype), (latents.shape[0], missing, self.token_size)
+            )
+            latents = jnp.concatenate([latents, tail], axis=1)
         decoded = self.decoder(latents)
         if not self.with_pixel_decoder:
             return decoded
@@ -480,6 +518,10 @@ def validate_fields(model: TiTok) -> None:
         width, heads = getattr(model, f"{part}_width"), getattr(model, f"{part}_num_heads")
         if heads <= 0 or width % heads:
             problems.append(f"{part}_width={width} is not divisible by {part}_num_heads={heads}")
+    if model.token_dropout not in TOKEN_DROPOUTS:
+        problems.append(f"token_dropout={model.token_dropout!r} is not one of {TOKEN_DROPOUTS}")
+    if model.token_dropout != "none" and model.legacy_two_stage:
+        problems.append("token_dropout trains single-stage tokenizers only so far (legacy_two_stage=False)")
     if model.remat_policy not in REMAT_POLICIES:
         problems.append(f"remat_policy={model.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
     if model.positional_init not in POSITIONAL_INITS:

@@ -28,7 +28,7 @@ from titok_jax.evaluation import tokenizer_eval
 from titok_jax.inference import tokenizer as tokenizer_lib
 from titok_jax.models import layer_stack, quantizers, resize
 from titok_jax.models.discriminator import NLayerDiscriminator
-from titok_jax.models.titok import DISCRETE_MODES, TiTok, pixel_decoder_fields, titok_from_config
+from titok_jax.models.titok import DISCRETE_MODES, TiTok, draw_num_kept, pixel_decoder_fields, titok_from_config
 from titok_jax.models.vqgan import VQGAN
 from titok_jax.recipes import init_from, teacher
 from titok_jax.train.loop import Evaluator, Plan
@@ -273,6 +273,11 @@ class PixelRecipe(TokenizerRecipe):
         if self.freeze_encoder:
             latents = jax.lax.stop_gradient(latents)
             info = {k: jax.lax.stop_gradient(v) for k, v in info.items()}
+        if self.model.token_dropout != "none":  # nested dropout: each image keeps its first k tokens
+            num_kept = draw_num_kept(
+                jax.random.fold_in(rng, 1), images.shape[0], self.model.num_latent_tokens, self.model.token_dropout
+            )
+            latents = self.model.apply(params, latents, num_kept, method=TiTok.keep_prefix)
         decoded = self.model.apply(params, latents, method=TiTok.decode)
         reconstruction = losses.reconstruction_l2(decoded, images)
         weights = self.loss_weights
