@@ -154,7 +154,8 @@ class MultiHeadAttention(nn.Module):
     attention_dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool = True, mask: jax.Array | None = None) -> jax.Array:
+        """`mask` (L, L) bool, True where query position q may attend key position k (None: everywhere)."""
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"Width {width} is not divisible by num_heads={self.num_heads}.")
@@ -174,11 +175,15 @@ class MultiHeadAttention(nn.Module):
         if self.attention_dropout > 0 and not deterministic:
             # The fused kernels have no dropout: spell the (short-sequence) attention out.
             scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(query.dtype)
+            if mask is not None:
+                scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
             probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(value.dtype)
             probs = nn.Dropout(self.attention_dropout)(probs, deterministic=False)
             out = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
         else:
-            out = jax.nn.dot_product_attention(query, key, value, implementation=self.attention_impl)
+            out = jax.nn.dot_product_attention(
+                query, key, value, mask=None if mask is None else mask[None, None], implementation=self.attention_impl
+            )
         out = nn.with_logical_constraint(out, (sh.BATCH, sh.LENGTH, sh.HEADS, sh.HEAD_DIM))
         out_kernel = self.param(
             "out_kernel",
@@ -216,12 +221,12 @@ class ResidualAttentionBlock(nn.Module):
     init_std: float = OFFICIAL_INIT_STD
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         width = x.shape[-1]
         h = layer_norm(sh.EMBED, "ln_1", self.dtype)(x)
         x = x + MultiHeadAttention(
             self.num_heads, dtype=self.dtype, attention_impl=self.attention_impl, init_std=self.init_std, name="attn"
-        )(h)
+        )(h, mask=mask)
         h = layer_norm(sh.EMBED, "ln_2", self.dtype)(x)
         x = x + Mlp(int(width * self.mlp_ratio), dtype=self.dtype, init_std=self.init_std, name="mlp")(h)
         return nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
@@ -237,9 +242,10 @@ REMAT_POLICIES = {
 }
 
 
-def _scan_body(block: nn.Module, x: jax.Array, _: None) -> tuple[jax.Array, None]:
-    """One scan iteration: the block maps the carried activations (nn.scan wants (carry, ys) back)."""
-    return block(x), None
+def _scan_body(block: nn.Module, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, None]:
+    """One scan iteration: the block maps the carried activations (nn.scan wants (carry, ys) back); the
+    attention mask is the same for every layer."""
+    return block(x, mask), None
 
 
 class Transformer(nn.Module):
@@ -262,7 +268,8 @@ class Transformer(nn.Module):
     scan_layers: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """`mask`: an (L, L) attention mask shared by every block (None: full attention)."""
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}.")
         block_cls = ResidualAttentionBlock
@@ -278,11 +285,12 @@ class Transformer(nn.Module):
                 _scan_body,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
+                in_axes=(nn.broadcast,),
                 length=self.depth,
                 metadata_params={nn.PARTITION_NAME: sh.LAYERS},
             )
-            x, _ = scan(block_cls(*block_args, name="blocks"), x, None)
+            x, _ = scan(block_cls(*block_args, name="blocks"), x, mask)
             return x
         for i in range(self.depth):
-            x = block_cls(*block_args, name=f"block_{i}")(x)
+            x = block_cls(*block_args, name=f"block_{i}")(x, mask)
         return x

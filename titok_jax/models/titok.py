@@ -109,6 +109,16 @@ def _transformer(module: TiTokEncoder | TiTokDecoder) -> Transformer:
     )
 
 
+def causal_latent_mask(grid: int, num_latent_tokens: int) -> jax.Array:
+    """(L, L) attention mask of the encoder sequence [class | grid*grid patches | latents]: the image part
+    attends only itself; latent i attends the image part and latents 0..i."""
+    image = 1 + grid * grid
+    length = image + num_latent_tokens
+    query, key = np.arange(length)[:, None], np.arange(length)[None, :]
+    mask = (key < image) | ((query >= image) & (key <= query))
+    return jnp.asarray(mask)
+
+
 def _broadcast_batch(x: jax.Array, batch: int) -> jax.Array:
     return jnp.broadcast_to(x[None], (batch, *x.shape))
 
@@ -134,6 +144,7 @@ class TiTokEncoder(nn.Module):
     remat_policy: str = "none"
     positional_init: str = "normal"
     scan_layers: bool = False
+    causal_latents: bool = False  # latent i attends the image and latents <= i only
 
     @nn.compact
     def __call__(self, images: jax.Array, latent_tokens: jax.Array) -> jax.Array:
@@ -166,7 +177,7 @@ class TiTokEncoder(nn.Module):
         x = nn.with_logical_constraint(x, (sh.BATCH, sh.LENGTH, sh.EMBED))
 
         x = layer_norm(sh.EMBED, "ln_pre", self.dtype)(x)
-        x = _transformer(self)(x)
+        x = _transformer(self)(x, causal_latent_mask(grid, self.num_latent_tokens) if self.causal_latents else None)
         latents = layer_norm(sh.EMBED, "ln_post", self.dtype)(x[:, 1 + grid * grid :])
         if self.legacy_reshape:
             # Released two-stage checkpoints reshape (B, K, W) -> (B, W, K) without a
@@ -311,6 +322,9 @@ class TiTok(nn.Module):
     # ..., K). The dropped positions are a learned vector (`latent_mask_vector`), so any prefix decodes and shapes
     # stay static under jit.
     token_dropout: str = "none"
+    # With token_dropout: a causal mask among the latents in the encoder (token i sees the image and tokens <= i,
+    # and the image sees no latent), so a prefix's tokens do not depend on the tokens after it.
+    causal_latents: bool = False
 
     def setup(self):
         validate_fields(self)
@@ -336,6 +350,7 @@ class TiTok(nn.Module):
             remat_policy=self.remat_policy,
             positional_init=self.positional_init,
             scan_layers=self.scan_layers,
+            causal_latents=self.causal_latents,
         )
         if self.quantize_mode == "vq":
             self.quantize = VectorQuantizer(
@@ -520,6 +535,8 @@ def validate_fields(model: TiTok) -> None:
             problems.append(f"{part}_width={width} is not divisible by {part}_num_heads={heads}")
     if model.token_dropout not in TOKEN_DROPOUTS:
         problems.append(f"token_dropout={model.token_dropout!r} is not one of {TOKEN_DROPOUTS}")
+    if model.causal_latents and model.token_dropout == "none":
+        problems.append("causal_latents is for variable-length tokenizers: set token_dropout (uniform or pow2)")
     if model.token_dropout != "none" and model.legacy_two_stage:
         problems.append("token_dropout trains single-stage tokenizers only so far (legacy_two_stage=False)")
     if model.remat_policy not in REMAT_POLICIES:

@@ -93,3 +93,25 @@ def test_one_compiled_step_serves_every_k():
             assert np.isfinite(float(metrics["loss"]))
     chex.clear_trace_counter()
     assert not np.array_equal(kept[0], kept[1])  # each step drew other counts, all through the one trace
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_causal_latents_keep_earlier_tokens_independent_of_later_ones(scan_layers):
+    config = tiny_config("single_stage:tiny_vae")
+    config.model.update(token_dropout="uniform", causal_latents=True, scan_layers=scan_layers)
+    model = titok_from_config(config.model)
+    variables = jax.device_get(nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))))
+    images = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 3))
+    encode = jax.jit(lambda v: model.apply(v, images, sample_posterior=False, method=TiTok.encode)[0])
+    before = np.asarray(encode(variables))
+    j = 6
+    changed = jax.tree.map(np.array, variables)
+    changed["params"]["latent_tokens"][j] += np.random.default_rng(0).normal(size=model.encoder_width)  # token j
+    after = np.asarray(encode(changed))
+    np.testing.assert_array_equal(after[:, :j], before[:, :j])  # tokens before j cannot see it
+    assert np.abs(after[:, j] - before[:, j]).max() > 1e-3
+    # Without the mask every token sees token j.
+    config.model.causal_latents = False
+    full = titok_from_config(config.model)
+    full_encode = jax.jit(lambda v: full.apply(v, images, sample_posterior=False, method=TiTok.encode)[0])
+    assert np.abs(np.asarray(full_encode(changed))[:, :j] - np.asarray(full_encode(variables))[:, :j]).max() > 1e-4
