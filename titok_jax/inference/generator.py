@@ -30,18 +30,20 @@ from jax.experimental import multihost_utils
 
 from titok_jax import logs
 from titok_jax import sharding as sh
+from titok_jax.ar_sampling import ARSamplingSettings, sample_cached, sample_uncached
 from titok_jax.convert import generator as convert_generator
 from titok_jax.inference import bundle as bundle_lib
 from titok_jax.inference import hub, restore
 from titok_jax.inference import tokenizer as tokenizer_lib
 from titok_jax.inference.tokenizer import Tokenizer
-from titok_jax.models.maskgit import MaskGITBert, MaskGITUViT, maskgit_fields, maskgit_from_config
+from titok_jax.models.generators import GeneratorModel, generator_fields, generator_from_config, is_autoregressive
+from titok_jax.models.rar import RAR
 from titok_jax.models.titok import TiTok
 from titok_jax.sampling import SamplingSettings
 from titok_jax.trees import check_tree_matches
 
 TOKENIZER_DIR = "tokenizer"  # a generator bundle's own tokenizer bundle
-GeneratorModel = MaskGITBert | MaskGITUViT
+Settings = SamplingSettings | ARSamplingSettings
 # What `load` reads of a hub repo (all that `from_pretrained` downloads): a generator bundle with its
 # tokenizer's bundle inside, or the official config + weights (the same names as a tokenizer's).
 HUB_FILES = (
@@ -51,14 +53,42 @@ HUB_FILES = (
 )
 
 
+def settings_of(model: GeneratorModel, config: Any) -> Settings:
+    """The sampler settings of `model`'s family from a mapping (config.sampling, a bundle's, an official's)."""
+    if is_autoregressive(model):
+        return ARSamplingSettings.from_config(config)
+    return SamplingSettings.from_config(config)
+
+
 def sample_tokens(
-    model: GeneratorModel, settings: SamplingSettings, variables: Any, class_ids: jax.Array, rng: jax.Array
+    model: GeneratorModel,
+    settings: Settings,
+    variables: Any,
+    class_ids: jax.Array,
+    rng: jax.Array,
+    num_tokens: int | None = None,
 ) -> jax.Array:
-    """Token ids (B, K) for class_ids (B,): MaskGIT parallel decoding with guidance (traceable)."""
+    """Token ids (B, K) for class_ids (B,) (traceable): MaskGIT parallel decoding, or RAR's one token a step
+    (with its K/V cache unless settings.kv_cache is off; `num_tokens` = k < K stops after k tokens)."""
 
     def logits_fn(ids, classes):
         return model.apply(variables, ids, classes)
 
+    if is_autoregressive(model):
+        sizes = {"num_tokens": model.num_tokens, "null_class": model.num_classes, "stop_after": num_tokens}
+        if not settings.kv_cache:
+            return sample_uncached(settings, logits_fn, class_ids, rng, **sizes)
+        rows = class_ids.shape[0] * (2 if settings.guided else 1)
+
+        def prefill_fn(classes, cache):
+            return model.apply(variables, classes, cache, method=RAR.prefill)
+
+        def step_fn(token, step, classes, cache):
+            return model.apply(variables, token, step, classes, cache, method=RAR.decode_step)
+
+        return sample_cached(settings, prefill_fn, step_fn, model.init_cache(rows), class_ids, rng, **sizes)
+    if num_tokens not in (None, model.num_tokens):
+        raise ValueError(f"A MaskGIT generator samples all {model.num_tokens} tokens; num_tokens={num_tokens}.")
     return settings.sample(
         logits_fn,
         class_ids,
@@ -69,18 +99,19 @@ def sample_tokens(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("model", "settings", "tokenizer"))
+@functools.partial(jax.jit, static_argnames=("model", "settings", "tokenizer", "num_tokens"))
 def generate_batch(
     model: GeneratorModel,
-    settings: SamplingSettings,
+    settings: Settings,
     tokenizer: TiTok,
     variables: Any,
     tokenizer_variables: Any,
     class_ids: jax.Array,
     rng: jax.Array,
+    num_tokens: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """class_ids (B,) -> (uint8 images (B, H, W, 3), token ids (B, K)) in one program."""
-    ids = sample_tokens(model, settings, variables, class_ids, rng)
+    """class_ids (B,) -> (uint8 images (B, H, W, 3), token ids (B, K or num_tokens)) in one program."""
+    ids = sample_tokens(model, settings, variables, class_ids, rng, num_tokens)
     images = tokenizer_lib.decode(tokenizer, tokenizer_variables, ids)
     return jnp.round(images * 255).astype(jnp.uint8), ids
 
@@ -132,7 +163,7 @@ def load_model_and_variables(
         tokenizer_lib.is_training_workdir(path) and not names_weights_config
     ):
         config = tokenizer_lib.workdir_config(path, config)
-        model = maskgit_from_config(config.model)
+        model = generator_from_config(config.model)
         mesh = sh.make_mesh(**config.mesh)
         ids = jax.ShapeDtypeStruct((1, model.num_tokens), jnp.int32)
         labels = jax.ShapeDtypeStruct((1,), jnp.int32)
@@ -146,7 +177,7 @@ def load_model_and_variables(
         return LoadedGenerator(model, sh.to_host(restored.variables), metadata, config.sampling, tokenizer)
     if bundle_lib.is_bundle(path):
         loaded = bundle_lib.load_bundle(path, kind="generator")
-        model = maskgit_from_config(loaded.model)
+        model = generator_from_config(loaded.model)
         check_tree_matches(loaded.variables["params"], nn.meta.unbox(abstract_variables(model))["params"], path)
         own = os.path.join(path, TOKENIZER_DIR)
         sampling = loaded.metadata.get("sampling", {})
@@ -169,7 +200,7 @@ class Generator:
         model: GeneratorModel,
         variables: Any,
         tokenizer: Tokenizer,
-        settings: SamplingSettings,
+        settings: Settings,
         source: str = "",
         metadata: dict[str, Any] | None = None,
         mesh: jax.sharding.Mesh | None = None,
@@ -201,7 +232,7 @@ class Generator:
         path: str | os.PathLike,
         config: ml_collections.ConfigDict | str | None = None,
         tokenizer: Tokenizer | str | None = None,
-        settings: SamplingSettings | None = None,
+        settings: Settings | None = None,
     ) -> Generator:
         """From a training workdir + its experiment config, a generator bundle, or an official generator
         hub directory (or weights file + `config` yaml/json) with `tokenizer`. `tokenizer` (a Tokenizer or any
@@ -225,7 +256,7 @@ class Generator:
             )
         return cls(
             source.model, source.variables, _tokenizer(tokenizer),
-            settings or SamplingSettings.from_config(source.sampling), source=path, metadata=source.metadata,
+            settings or settings_of(source.model, source.sampling), source=path, metadata=source.metadata,
             mesh=source.mesh,
         )  # fmt: skip
 
@@ -236,7 +267,7 @@ class Generator:
         tokenizer: Tokenizer | str | None = None,
         revision: str | None = None,
         cache_dir: str | os.PathLike | None = None,
-        settings: SamplingSettings | None = None,
+        settings: Settings | None = None,
     ) -> Generator:
         """A released generator by hub name, downloaded into the hub cache or read from it offline
         (HF_HUB_OFFLINE=1): an official generator repo with `tokenizer` (a Tokenizer, a hub repo id or a local
@@ -262,16 +293,47 @@ class Generator:
     def __repr__(self) -> str:
         return (
             f"Generator({self.source!r}: {type(self.model).__name__}, {self.num_classes} classes, "
-            f"{self.model.num_tokens} tokens over {self.model.codebook_size} codes, {self.settings.num_steps} steps)"
+            f"{self.model.num_tokens} tokens over {self.model.codebook_size} codes, {self._sampler})"
         )
+
+    @property
+    def _sampler(self) -> str:
+        if is_autoregressive(self.model):
+            return f"autoregressive, guidance {self.settings.guidance_scale}"
+        return f"{self.settings.num_steps} steps"
+
+    def _check_num_tokens(self, num_tokens: int | None) -> int | None:
+        if num_tokens is None or num_tokens == self.model.num_tokens:
+            return None
+        if not is_autoregressive(self.model):
+            raise ValueError(
+                f"num_tokens={num_tokens}: MaskGIT generator {self.source!r} samples all {self.model.num_tokens} "
+                "tokens at once; an autoregressive (RAR) generator stops after any k."
+            )
+        if not 1 <= num_tokens <= self.model.num_tokens:
+            raise ValueError(f"num_tokens must be in [1, {self.model.num_tokens}], got {num_tokens}.")
+        if self.tokenizer.model.token_dropout == "none":
+            raise ValueError(
+                f"num_tokens={num_tokens} < {self.model.num_tokens}: tokenizer {self.tokenizer.source!r} was trained "
+                "without token dropout and decodes only all its tokens; use a variable-length tokenizer "
+                "(model.token_dropout uniform / pow2)."
+            )
+        return num_tokens
 
     # ---- sampling -------------------------------------------------------------------
     def generate(
-        self, class_ids: Any, seed: int = 0, batch_size: int = 64, progress: bool = False
+        self,
+        class_ids: Any,
+        seed: int = 0,
+        batch_size: int = 64,
+        progress: bool = False,
+        num_tokens: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """class ids (N,) -> (uint8 images (N, H, W, 3), int32 tokens (N, K)). Batch i of `batch_size` (rounded
         up to whole shards) uses the key fold_in(PRNGKey(seed), i): the same seed gives the same images.
-        `progress` shows a progress bar over the batches."""
+        `progress` shows a progress bar over the batches. `num_tokens` = k < K (an autoregressive generator over
+        a variable-length tokenizer) samples the first k tokens and decodes that prefix."""
+        num_tokens = self._check_num_tokens(num_tokens)
         class_ids = np.asarray(class_ids, np.int32).reshape(-1)
         if class_ids.size == 0:
             raise ValueError("Got no class ids.")
@@ -291,7 +353,7 @@ class Generator:
                 global_ids = jax.make_array_from_process_local_data(sharding, sh.process_local(padded))
                 outputs = generate_batch(
                     self.model, self.settings, self.tokenizer.model, self.variables, self._tokenizer_variables,
-                    global_ids, jax.random.fold_in(key, index),
+                    global_ids, jax.random.fold_in(key, index), num_tokens,
                 )  # fmt: skip
                 batch_images, batch_tokens = (
                     np.asarray(x)[:size] for x in multihost_utils.process_allgather(outputs, tiled=True)
@@ -307,7 +369,7 @@ class Generator:
         tokenizer_lib.save_bundle(self.tokenizer, os.path.join(output, TOKENIZER_DIR), dtype=dtype, overwrite=True)
         metadata = {**self.metadata, "sampling": dataclasses.asdict(self.settings)}
         bundle_lib.save_bundle(
-            output, "generator", maskgit_fields(self.model), sh.to_host(self.variables), params_dtype=dtype,
+            output, "generator", generator_fields(self.model), sh.to_host(self.variables), params_dtype=dtype,
             metadata=metadata, overwrite=True,
         )  # fmt: skip
         return output

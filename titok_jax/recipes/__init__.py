@@ -36,6 +36,7 @@ REGISTRY = {
     "two_stage_2": "titok_jax.recipes.tokenizer",
     "single_stage": "titok_jax.recipes.tokenizer",
     "maskgit": "titok_jax.recipes.maskgit",
+    "rar": "titok_jax.recipes.rar",
 }
 # Old names that still load, with a deprecation message.
 DEPRECATED = {"generator": "maskgit"}

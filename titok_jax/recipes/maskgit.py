@@ -168,6 +168,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     when given) produce the codes this generator models. Reads no weights."""
     model = maskgit_from_config(config.model)
     SamplingSettings.from_config(config.sampling)
+    validate_against_tokenizer(config, model)
+
+
+def validate_against_tokenizer(config: ml_collections.ConfigDict, model: Any) -> None:
+    """Checks shared by the token generators (MaskGIT, RAR): class dropout, in-training evaluation, and that the
+    tokenizer (and the token shards, when given) produce the codes `model` models. Reads no weights."""
     if not 0.0 <= config.losses.class_dropout < 1.0:
         raise ValueError(f"losses.class_dropout must be in [0, 1), got {config.losses.class_dropout}.")
     if "evaluation" in config:  # runs recorded before in-training gFID have none
@@ -239,18 +245,24 @@ def load_tokenizer(config: ml_collections.ConfigDict) -> Tokenizer:
 def build(config: ml_collections.ConfigDict, random_frozen: bool = False) -> tuple[MaskGITRecipe, dict[str, Any]]:
     """-> (recipe, {"tokenizer": frozen EMA params}). Loads and checks the tokenizer and shards: call before
     compiling. `random_frozen` draws the tokenizer's weights at random (benchmarks: only shapes matter)."""
-    model = maskgit_from_config(config.model)
+    return build_with(config, functools.partial(_recipe, config, maskgit_from_config(config.model)), random_frozen)
+
+
+def build_with(
+    config: ml_collections.ConfigDict, make_recipe: Any, random_frozen: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """(make_recipe(tokenizer model), {"tokenizer": its params}) for any token generator recipe."""
     if random_frozen:
         tokenizer = titok_from_config(tokenizer_config(config).model)
         images = jnp.zeros((1, *tokenizer.image_shape), jnp.float32)
         import flax.linen as nn
 
         params = {"params": nn.meta.unbox(jax.jit(tokenizer.init)(jax.random.PRNGKey(0), images))["params"]}
-        return _recipe(config, model, tokenizer), {"tokenizer": params}
+        return make_recipe(tokenizer), {"tokenizer": params}
     tokenizer = load_tokenizer(config)
     if config.tokens_dir:
         check_tokens_match(config.tokens_dir, tokenizer.identity())
-    return _recipe(config, model, tokenizer.model), {"tokenizer": tokenizer.host_variables()}
+    return make_recipe(tokenizer.model), {"tokenizer": tokenizer.host_variables()}
 
 
 def _recipe(config: ml_collections.ConfigDict, model: Any, tokenizer: TiTok) -> MaskGITRecipe:
@@ -292,9 +304,20 @@ def make_data(config: ml_collections.ConfigDict) -> tuple[Any, dict[str, np.ndar
 
 def prepare(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, workdir: str) -> Plan:
     """The loop's plan: recipe + frozen tokenizer, token (or image) data, the EMA sample grid, in-training gFID."""
-    recipe, frozen = build(config)
+    return plan_for(config, mesh, workdir, *build(config), resize_rules(config))
+
+
+def plan_for(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    workdir: str,
+    recipe: Any,
+    frozen: dict[str, Any],
+    rules: dict[str, init_from.Resize],
+) -> Plan:
+    """The plan of any token generator recipe once built: warm start, data, sample grid, in-training gFID."""
     warm_start = init_from.warm_start(
-        config, workdir, init_from.abstract_params(recipe, config.seed), load_init_source, resize_rules(config)
+        config, workdir, init_from.abstract_params(recipe, config.seed), load_init_source, rules
     )
     train_iter, grid_batch = make_data(config)
     evaluators = []
