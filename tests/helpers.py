@@ -17,6 +17,7 @@ EXPERIMENTS = REPO / "experiments"
 TWO_STAGE = str(EXPERIMENTS / "titok_two_stage.py")
 SINGLE_STAGE = str(EXPERIMENTS / "titok_single_stage.py")
 GENERATOR = str(EXPERIMENTS / "maskgit_generator.py")
+RAR_GENERATOR = str(EXPERIMENTS / "rar_generator.py")
 
 RNGS = {"params": jax.random.PRNGKey(0), "noise": jax.random.PRNGKey(1)}
 

@@ -32,9 +32,12 @@ def tiny_config(spec: str = "single_stage:tiny_vq", **overrides):
     return sweeps.apply_overrides(config, overrides)
 
 
-def tiny_generator_config(tokenizer_workdir: str, tokens_dir: str = "", arg: str = "tiny", **overrides):
-    """The tiny generator, smaller still (1 layer, width 32), over a tokenizer written by `write_tokenizer`."""
-    config = configs.load_config(f"{GENERATOR}:{arg}")
+def tiny_generator_config(
+    tokenizer_workdir: str, tokens_dir: str = "", arg: str = "tiny", experiment: str = GENERATOR, **overrides
+):
+    """The tiny generator (MaskGIT, or RAR with experiment=RAR_GENERATOR), smaller still (1 layer, width 32),
+    over a tokenizer written by `write_tokenizer`."""
+    config = configs.load_config(f"{experiment}:{arg}")
     config.tokenizer.workdir = tokenizer_workdir
     config.tokens_dir = tokens_dir
     config.model.update(hidden_size=32, depth=1, num_heads=2, intermediate_size=64)

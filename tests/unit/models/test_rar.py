@@ -40,7 +40,9 @@ def test_cached_decoding_gives_the_recomputed_logits(small):
     logits, cache = model.apply(variables, classes, model.init_cache(3), method=RAR.prefill)
     cached = [logits]
     for step in range(1, 16):
-        logits, cache = model.apply(variables, ids[:, step - 1], jnp.int32(step), classes, cache, method=RAR.decode_step)
+        logits, cache = model.apply(
+            variables, ids[:, step - 1], jnp.int32(step), classes, cache, method=RAR.decode_step
+        )
         cached.append(logits)
     np.testing.assert_allclose(np.stack(cached, axis=1), full, atol=2e-5, rtol=1e-5)
     assert float(jnp.max(jnp.abs(full))) > 1.0  # the logits are not all near zero
