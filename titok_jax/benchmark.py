@@ -1,7 +1,7 @@
 r"""Benchmark harness: step time, images/s per device, TFLOP/s, MFU, compile time, memory.
 
   python -m titok_jax.benchmark --config=experiments/titok_two_stage.py:s128,stage=1 \
-      [--mode=train|encode|sample|data] [--steps=10] [--warmup=2] [--batch=B] [--out=FILE.json] \
+      [--mode=train|encode|sample|tokens|data] [--steps=10] [--warmup=2] [--batch=B] [--out=FILE.json] \
       [--peak_tflops=X] [--config.model.dtype=bfloat16 ...]
 
 The modes and how times and FLOPs are measured: titok_jax/tasks/benchmark.py.

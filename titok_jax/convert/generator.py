@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from titok_jax.convert import rar as convert_rar
 from titok_jax.convert import torch_layout as tl
 from titok_jax.convert.titok import CONFIG_NAME, hub_weights_file, read_config_file
 from titok_jax.models.maskgit import MaskGITBert, MaskGITUViT, maskgit_from_config
@@ -177,14 +178,18 @@ def state_dict_from_params(model: MaskGITBert | MaskGITUViT, variables: Mapping[
 
 def load_official_generator(
     path: str | os.PathLike, config: str | os.PathLike | None = None
-) -> tuple[MaskGITBert | MaskGITUViT, Tree, dict[str, Any], dict[str, Any]]:
-    """(model, {"params"}, fields, sampler settings) of a hub directory, or a weights file + its config."""
+) -> tuple[Any, Tree, dict[str, Any], dict[str, Any]]:
+    """(model, {"params"}, fields, sampler settings) of a hub directory, or a weights file + its config, or an
+    official RAR weights file (no config)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         config = config or os.path.join(path, CONFIG_NAME)
         weights = hub_weights_file(path)
     else:
         if config is None:
+            state = tl.read_state_dict(path, drop_suffixes=HF_BUFFERS)
+            if convert_rar.is_rar_state_dict(state):  # RAR files carry no config: the tensors say the sizes
+                return convert_rar.load_official_rar(path, state)
             raise ValueError(f"{path!r} is a weights file; give its config (config.json or the official infer .yaml).")
         weights = path
     config = os.fspath(config)

@@ -5,7 +5,9 @@ Modes:
   train   the config's recipe train step (tokenizer stages, single-stage, generator), exactly the
           driver's jitted step (same shardings, donated state), on a synthetic global batch
   encode  tokenizer encode throughput (images -> codes), the Tokenizer API's jitted path
-  sample  generator sampling throughput (MaskGIT decoding + guidance + the tokenizer's decoder)
+  sample  generator sampling throughput (MaskGIT / RAR decoding + guidance + the tokenizer's decoder)
+  tokens  generator token sampling alone, random weights, no tokenizer (so config.model.num_tokens may be
+          set freely); for an autoregressive generator both with and without the K/V cache, and their ratio
   data    the grain input pipeline alone: images (or token rows) per second of this process
 
 Times are wall-clock over `--steps` calls after `--warmup` calls, with one device sync at the
@@ -18,6 +20,7 @@ perceptual nets) are drawn at random: speed does not depend on their values.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import json
@@ -35,11 +38,12 @@ from titok_jax import recipes
 from titok_jax import sharding as sh
 from titok_jax.inference import generator as generator_lib
 from titok_jax.inference import tokenizer as tokenizer_lib
+from titok_jax.models.generators import generator_from_config, is_autoregressive
 from titok_jax.models.titok import titok_from_config
 from titok_jax.train.state import create_train_state
 from titok_jax.train.step import make_step_fns
 
-MODES = ("train", "encode", "sample", "data")
+MODES = ("train", "encode", "sample", "tokens", "data")
 
 # Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
 PEAK_FLOPS = {
@@ -209,6 +213,46 @@ def benchmark_sample(config: ml_collections.ConfigDict, steps: int, warmup: int)
     return _summary("sample", seconds, config.batch_size, compile_s, _compiled_stats(compiled))
 
 
+def _time_token_sampler(model: Any, settings: Any, variables: Any, class_ids: jax.Array, steps: int, warmup: int):
+    sample = jax.jit(functools.partial(generator_lib.sample_tokens, model, settings))
+    key = jax.random.PRNGKey(0)
+    start = time.perf_counter()
+    compiled = sample.lower(variables, class_ids, key).compile()
+    compile_s = time.perf_counter() - start
+    seconds, _ = time_calls(lambda _: compiled(variables, class_ids, key), None, steps, warmup)
+    return seconds, compile_s, compiled
+
+
+def benchmark_tokens(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict:
+    model = generator_from_config(config.model)
+    settings = generator_lib.settings_of(model, config.sampling)
+    mesh = sh.make_mesh(**config.mesh)
+    with jax.set_mesh(mesh):
+        abstract = generator_lib.abstract_variables(model)
+        init = jax.jit(
+            lambda: model.init(jax.random.PRNGKey(0), *(jnp.zeros(x.shape, x.dtype) for x in _init_args(model))),
+            out_shardings=sh.logical_shardings(abstract, mesh),
+        )
+        variables = init()
+        local = (np.arange(config.batch_size // jax.process_count()) % model.num_classes).astype(np.int32)
+        class_ids = jax.make_array_from_process_local_data(sh.batch_sharding(mesh, 1), local)
+        seconds, compile_s, compiled = _time_token_sampler(model, settings, variables, class_ids, steps, warmup)
+        result = _summary("tokens", seconds, config.batch_size, compile_s, _compiled_stats(compiled))
+        result["num_tokens"] = model.num_tokens
+        if is_autoregressive(model):
+            uncached = dataclasses.replace(settings, kv_cache=not settings.kv_cache)
+            other_s, _, _ = _time_token_sampler(model, uncached, variables, class_ids, steps, warmup)
+            cached_s, uncached_s = (seconds, other_s) if settings.kv_cache else (other_s, seconds)
+            result.update(
+                cached_step_time_s=cached_s, uncached_step_time_s=uncached_s, kv_cache_speedup=uncached_s / cached_s
+            )
+    return result
+
+
+def _init_args(model: Any) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    return jax.ShapeDtypeStruct((1, model.num_tokens), jnp.int32), jax.ShapeDtypeStruct((1,), jnp.int32)
+
+
 def benchmark_data(config: ml_collections.ConfigDict, steps: int, warmup: int) -> dict:
     train_iter, _ = recipes.lookup(config).make_data(config)
     for _ in range(warmup):
@@ -242,8 +286,17 @@ def run_benchmark(
     config = config.copy_and_resolve_references()
     if batch:
         config.batch_size = batch
-    recipes.validate(config)
-    runner = {"train": benchmark_train, "encode": benchmark_encode, "sample": benchmark_sample, "data": benchmark_data}
+    if mode == "tokens":  # random weights and no tokenizer: only the generator's own fields must hold
+        generator_from_config(config.model)
+    else:
+        recipes.validate(config)
+    runner = {
+        "train": benchmark_train,
+        "encode": benchmark_encode,
+        "sample": benchmark_sample,
+        "tokens": benchmark_tokens,
+        "data": benchmark_data,
+    }
     results = runner[mode](config, steps, warmup)
     device = jax.devices()[0]
     peak = peak_flops(device.device_kind, peak_tflops)
@@ -283,6 +336,11 @@ def format_table(record: dict[str, Any]) -> str:
                 "n/a" if r["tflops_per_s_per_device"] is None else f"{r['tflops_per_s_per_device']:.3f}",
             ),
             ("MFU", "n/a (no peak; --peak_tflops)" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"),
+        ]
+    if "kv_cache_speedup" in r:
+        rows += [
+            ("cached / uncached", f"{r['cached_step_time_s'] * 1e3:.1f} / {r['uncached_step_time_s'] * 1e3:.1f} ms"),
+            ("K/V cache speedup", f"{r['kv_cache_speedup']:.1f}x at {r['num_tokens']} tokens"),
         ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
