@@ -98,3 +98,31 @@ def test_learns_each_class_pattern(tokenizer, tmp_path):
     print(f"token accuracy {metrics['token_accuracy']:.3f}; own pattern {own:.3f}, others {others:.3f}")
     assert metrics["token_accuracy"] > 0.6  # the noise-free ceiling is ~0.8
     assert own > 0.7 and others < 0.05
+
+
+def test_stops_after_k_tokens_over_a_variable_length_tokenizer(tmp_path):
+    """Over a nested-dropout tokenizer the AR generator samples k < K tokens and the tokenizer decodes that
+    prefix: the images are the tokenizer's decoding of exactly those k tokens."""
+    import jax
+    import jax.numpy as jnp
+
+    from titok_jax import configs
+    from titok_jax.inference import generator as generator_lib
+    from titok_jax.models.generators import generator_from_config
+
+    nested = tiny_config("single_stage:tiny_vq_nested")
+    workdir = str(tmp_path / "nested")
+    write_tokenizer(nested, workdir)
+    tok = Tokenizer.load(workdir, nested)
+    config = configs.load_config(f"{RAR_GENERATOR}:tiny")
+    config.model.update(hidden_size=32, depth=1, num_heads=2, intermediate_size=64)
+    model = generator_from_config(config.model)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32), jnp.zeros((1,), jnp.int32))
+    generator = Generator(model, variables, tok, generator_lib.settings_of(model, config.sampling))
+    images, tokens = generator.generate(np.arange(8), seed=0, num_tokens=4)
+    assert tokens.shape == (8, 4) and images.shape == (8, 32, 32, 3)
+    np.testing.assert_array_equal(images, np.round(tok.decode(tokens) * 255).astype(np.uint8))
+    _, full = generator.generate(np.arange(8), seed=0)
+    np.testing.assert_array_equal(full[:, :4], tokens)  # the same draws, stopped early
+    with pytest.raises(ValueError, match=r"num_tokens must be in \[1, 16\]"):
+        generator.generate(np.arange(2), num_tokens=17)
