@@ -255,12 +255,7 @@ def evaluate_token_counts(
     """One pass over the eval split scoring a variable-length tokenizer (model.token_dropout) that decodes only
     the first k tokens, for each k of `token_counts`: the metrics of `evaluate_tokenizer` per k (the codebook
     statistics count the k kept codes), and the first `grid_images` real images decoded at each k."""
-    check_prefix_lengths(model, token_counts, "token_counts")
-    if model.token_dropout == "none":  # all K only: evaluate_tokenizer says that, with no mask vector needed
-        raise ValueError(
-            "token_counts: this tokenizer was trained without token dropout (model.token_dropout='none'); evaluate "
-            "it on all its tokens (without token counts) or use one trained with token_dropout uniform or pow2."
-        )
+    check_prefix_lengths(model, token_counts, "token_counts", allow_full=False)
     metrics = _checked_metrics(metrics, model)
     counts = tuple(sorted(set(int(k) for k in token_counts)))
     real, count = RunningStatistics(inception.POOL_FEATURES), 0

@@ -483,9 +483,10 @@ class TiTok(nn.Module):
         return self.decode(latents), info
 
 
-def check_prefix_lengths(model: TiTok, counts: Sequence[int], setting: str) -> None:
+def check_prefix_lengths(model: TiTok, counts: Sequence[int], setting: str, allow_full: bool = True) -> None:
     """Refuses prefix lengths a tokenizer cannot decode, naming `setting` (the flag or argument that chose them):
-    one trained without token dropout decodes only all K tokens; any other must lie in 1..K."""
+    they must lie in 1..K, and one trained without token dropout decodes only all K tokens (with `allow_full`;
+    without it, none: a per-k evaluation of such a tokenizer says nothing the full one does not)."""
     num_tokens = model.num_latent_tokens
     example = ",".join(map(str, powers_of_two_up_to(num_tokens)))
     if not counts:
@@ -496,11 +497,11 @@ def check_prefix_lengths(model: TiTok, counts: Sequence[int], setting: str) -> N
             f"{setting}: {outside} lie outside 1..{num_tokens} (this tokenizer has {num_tokens} tokens); give "
             f"counts in 1..{num_tokens}, e.g. {example}."
         )
-    if model.token_dropout == "none" and any(k != num_tokens for k in counts):
+    if model.token_dropout == "none" and (not allow_full or any(k != num_tokens for k in counts)):
         raise ValueError(
             f"{setting}: this tokenizer was trained without token dropout (model.token_dropout='none'), so it "
-            f"decodes only all {num_tokens} tokens; drop {setting} or use a tokenizer trained with "
-            "model.token_dropout=uniform or pow2."
+            f"decodes only all {num_tokens} tokens; drop {setting}, or use a tokenizer trained with "
+            "model.token_dropout=uniform or pow2 (--config.model.token_dropout=uniform)."
         )
 
 
