@@ -1,8 +1,12 @@
 r"""Evaluate a tokenizer checkpoint, a set of samples, or write reference statistics.
 
-  # rFID / IS / codebook / PSNR / SSIM of a tokenizer workdir's newest checkpoint (EMA params) on config.data's eval split
+  # rFID / IS / codebook / PSNR / SSIM / MSE of a tokenizer workdir's newest checkpoint (EMA params) on config.data's eval split
   python -m titok_jax.evaluate --config=experiments/titok_single_stage.py:tiny_vq --workdir=/tmp/titok_tiny \
-      [--metrics=rfid,is,codebook,psnr,ssim] [--inception_weights=DIR/inception.msgpack]
+      [--metrics=rfid,is,codebook,psnr,ssim,mse] [--inception_weights=DIR/inception.msgpack]
+  # ... of a variable-length tokenizer (model.token_dropout) decoding only its first k tokens, for each k:
+  # WORKDIR/eval/step_S_token_counts.json (by_num_tokens: {"k": {metric: value}}), .png (quality vs k), _grid.png
+  python -m titok_jax.evaluate --config=experiments/titok_single_stage.py:tiny_vq_nested --workdir=DIR \
+      --token_counts=1,2,4,8,16
   # Reference statistics of config.data's eval split: mu / sigma (pool), mu_s / sigma_s (sFID), pool features
   python -m titok_jax.evaluate --config=... --write_reference_statistics=ref.npz --inception_weights=...
   # The ADM suite (gFID, sFID, IS, precision, recall) straight from a generator workdir (samples --num_images,
@@ -53,9 +57,16 @@ class Options:
         "or --write_reference_statistics' output; sFID / precision / recall need their keys.",
     )
     batch_size: int = cli.option(64, "Images per Inception batch (--samples and generator workdirs).")
+    token_counts: tuple[str, ...] = cli.option(
+        [],
+        "A variable-length tokenizer workdir (model.token_dropout): score it decoding only its first k tokens for "
+        "each k (e.g. 1,2,4,8,16); writes WORKDIR/eval/step_S_token_counts.json, .png (quality vs k), _grid.png.",
+    )
 
 
 def run(config, options: Options) -> dict[str, Any]:
+    if options.token_counts and (options.samples or options.generator or options.write_reference_statistics):
+        raise app.UsageError("--token_counts scores a tokenizer workdir: give it with --config and --workdir only.")
     if options.samples:
         if not options.reference_statistics:
             raise app.UsageError("--samples needs --reference_statistics (an .npz with mu and sigma).")
@@ -81,6 +92,11 @@ def run(config, options: Options) -> dict[str, Any]:
         return evaluate.evaluate_generator(
             config, options.workdir, options.reference_statistics, options.inception_weights, options.num_images,
             options.batch_size,
+        )  # fmt: skip
+    if options.token_counts:
+        return evaluate.evaluate_token_counts(
+            config, options.workdir, options.token_counts, list(options.metrics), options.inception_weights,
+            options.max_images,
         )  # fmt: skip
     return evaluate.evaluate_workdir(
         config, options.workdir, list(options.metrics), options.inception_weights, options.max_images

@@ -24,11 +24,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.remove(tmp)
 
 
-def write_eval_results(workdir: str | os.PathLike, step: int, results: dict) -> str:
-    """WORKDIR/eval/step_S.json (atomically, by process 0 only); returns the path."""
+def eval_path(workdir: str | os.PathLike, step: int, suffix: str = ".json") -> str:
+    """WORKDIR/eval/step_S{suffix}: where the evaluation of step S writes (step_S.json, step_S_token_counts.png)."""
+    return os.path.join(os.fspath(workdir), "eval", f"step_{step}{suffix}")
+
+
+def write_eval_results(workdir: str | os.PathLike, step: int, results: dict, suffix: str = ".json") -> str:
+    """WORKDIR/eval/step_S{suffix} (default step_S.json; atomically, by process 0 only); returns the path."""
     import jax
 
-    path = os.path.join(os.fspath(workdir), "eval", f"step_{step}.json")
+    path = eval_path(workdir, step, suffix)
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_write(path, "w") as f:

@@ -107,9 +107,13 @@ def chunked_rows(images: np.ndarray, label: str, columns: int = PAGE_COLUMNS) ->
     return [GridRow(label, images[i : i + columns]) for i in range(0, len(images), columns)]
 
 
-def _font(tile_height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def _font_size(tile_height: int) -> int:
     # An eighth of the tile (16 px on 128 px tiles), never below a legible 12 px nor above 32.
-    return ImageFont.load_default(size=max(12, min(32, tile_height // 8)))
+    return max(12, min(32, tile_height // 8))
+
+
+def _font(tile_height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=_font_size(tile_height))
 
 
 def labelled_pages(
@@ -152,6 +156,37 @@ def labelled_pages(
 def labelled_grid(rows: Sequence[GridRow], min_tile: int = MIN_TILE) -> np.ndarray:
     """All `rows` on one uint8 page (see labelled_pages)."""
     return next(labelled_pages(rows, rows_per_page=len(rows), min_tile=min_tile))
+
+
+def labelled_columns(columns: Sequence[GridRow], min_tile: int = MIN_TILE) -> np.ndarray:
+    """uint8 grid of `columns` side by side (each GridRow a column: its label drawn in a white band above, its
+    images top to bottom), tiles upscaled (nearest, integer factor) to at least `min_tile` px. The band is
+    header_height(tile) px; below it the grid is exactly (rows * tile, columns * tile)."""
+    if not columns:
+        raise ValueError("A grid needs at least one column of images.")
+    tile_height, tile_width = np.asarray(columns[0].images).shape[1:3]
+    factor = upscale_factor(min(tile_height, tile_width), min_tile)
+    tile_height, tile_width = tile_height * factor, tile_width * factor
+    font = _font(tile_height)
+    header = header_height(tile_height)
+    rows = max(len(column.images) for column in columns)
+    canvas = np.full((header + rows * tile_height, len(columns) * tile_width, 3), BACKGROUND, np.uint8)
+    for c, column in enumerate(columns):
+        for r, image in enumerate(_as_uint8(column.images)):
+            top, left = header + r * tile_height, c * tile_width
+            canvas[top : top + tile_height, left : left + tile_width] = upscale(image, factor)
+    page = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(page)
+    for c, column in enumerate(columns):
+        left, text_top, right, text_bottom = draw.textbbox((0, 0), column.label, font=font)
+        x = c * tile_width + (tile_width - (right - left)) / 2
+        draw.text((x, (header - text_top - text_bottom) / 2), column.label, fill=(INK, INK, INK), font=font)
+    return np.asarray(page)
+
+
+def header_height(tile_height: int) -> int:
+    """The label band of `labelled_columns` above tiles `tile_height` px high (after upscaling)."""
+    return 2 * _LABEL_PADDING + _font_size(tile_height)
 
 
 def page_name(index: int, stem: str = "grid") -> str:

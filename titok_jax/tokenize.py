@@ -4,6 +4,11 @@ r"""Turn a folder of images into tokens, and tokens back into images (to eyeball
       -> OUT/tokens.npz (tokens, files) + OUT/reconstructions/<name>.png + OUT/grid.png
   python -m titok_jax.tokenize --tokenizer=... --tokens=OUT/tokens.npz --output=OUT2
       -> OUT2/reconstructions/<name>.png + OUT2/grid.png
+  python -m titok_jax.tokenize --tokenizer=VARIABLE_LENGTH --images=DIR --output=OUT --num_tokens=8
+      -> tokens.npz keeps each image's first 8 tokens; the reconstructions decode that prefix
+
+--num_tokens=k (1..K) needs a tokenizer trained with token dropout (model.token_dropout uniform / pow2) when
+k < K; such a tokenizer also decodes a tokens.npz of fewer than K tokens per image as it is.
 
 Images (searched recursively) are resized (shorter side, bicubic) and center-cropped to the
 tokenizer's size, the evaluation preprocessing; the printed summary says how many were, from which
@@ -36,6 +41,9 @@ class Options:
     tokens: str | None = cli.option(None, "tokens.npz to turn back into images.")
     output: str = cli.option(None, "Output directory.", required=True)
     batch_size: int = cli.option(64, "Images per call.")
+    num_tokens: int = cli.option(
+        0, "Keep / decode only each image's first k tokens (a variable-length tokenizer, model.token_dropout; 0: all)."
+    )
 
 
 def run(config, options: Options) -> dict[str, Any]:
@@ -44,8 +52,10 @@ def run(config, options: Options) -> dict[str, Any]:
         raise app.UsageError("Give exactly one of --images (encode) and --tokens (decode).")
     tokenizer = Tokenizer.load(options.tokenizer, config=options.config)
     if options.images is not None:
-        return folders.tokenize_folder(tokenizer, options.images, options.output, options.batch_size)
-    return folders.detokenize(tokenizer, options.tokens, options.output, options.batch_size)
+        return folders.tokenize_folder(
+            tokenizer, options.images, options.output, options.batch_size, options.num_tokens
+        )
+    return folders.detokenize(tokenizer, options.tokens, options.output, options.batch_size, options.num_tokens)
 
 
 if __name__ == "__main__":

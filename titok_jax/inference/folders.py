@@ -1,7 +1,7 @@
 r"""A folder of images -> tokens.npz (+ reconstructions), and tokens.npz -> images (`python -m titok_jax.tokenize`).
 
   tokenize_folder: DIR -> OUT/tokens.npz (tokens, files) + OUT/reconstructions/<name>.png + OUT/grid.png
-                   (+ OUT/skipped.txt when some files could not be read)
+                   (+ OUT/skipped.txt when some files could not be read); num_tokens=k keeps the first k tokens
   detokenize:      OUT/tokens.npz -> OUT2/reconstructions/<name>.png + OUT2/grid.png
 
 Images (searched recursively) are resized (shorter side, bicubic) and center-cropped to the
@@ -28,6 +28,7 @@ from titok_jax.data.sources import image_files
 from titok_jax.data.transforms import DecodeError, SkipCounter, decode_image, resize_center_crop
 from titok_jax.images import to_uint8
 from titok_jax.inference.tokenizer import Tokenizer
+from titok_jax.models.titok import check_prefix_lengths
 
 GRID_IMAGES = 128  # 8 pairs of 16-image rows: one 16-row page
 SKIPPED_FILE = "skipped.txt"
@@ -158,9 +159,20 @@ def _write_images(output: str, names: Sequence[str], decoded: np.ndarray, origin
     images.save_pages(images.labelled_pages(rows), output)
 
 
-def tokenize_folder(tokenizer: Tokenizer, images_dir: str, output: str, batch_size: int = 64) -> dict[str, Any]:
+def check_num_tokens(tokenizer: Tokenizer, num_tokens: int) -> None:
+    """--num_tokens (0: all K) must be 1..K, and below K only for a variable-length tokenizer."""
+    if num_tokens:
+        check_prefix_lengths(tokenizer.model, [num_tokens], "--num_tokens")
+
+
+def tokenize_folder(
+    tokenizer: Tokenizer, images_dir: str, output: str, batch_size: int = 64, num_tokens: int = 0
+) -> dict[str, Any]:
     """Every readable image under `images_dir` -> OUTPUT/tokens.npz, and (a tokenizer that decodes to pixels)
-    OUTPUT/reconstructions + grid.png; returns a summary with the skipped files and the resize notice."""
+    OUTPUT/reconstructions + grid.png; returns a summary with the skipped files and the resize notice.
+    `num_tokens` k > 0 keeps each image's first k tokens (a variable-length tokenizer, model.token_dropout):
+    tokens.npz holds k columns and the reconstructions decode that prefix."""
+    check_num_tokens(tokenizer, num_tokens)  # before any image is read
     loaded = load_image_folder(images_dir, tokenizer.image_size)
     os.makedirs(output, exist_ok=True)
     skips = _skip_report(loaded, output)
@@ -172,6 +184,8 @@ def tokenize_folder(tokenizer: Tokenizer, images_dir: str, output: str, batch_si
         )
     names, pixels = loaded.names, loaded.images
     tokens = np.concatenate([tokenizer.encode(pixels[s]) for s in _batches(len(pixels), batch_size)])
+    if num_tokens:
+        tokens = tokens[:, :num_tokens]  # a VAE's (B, K, C) latents too: the token axis is 1
     npz = os.path.join(output, "tokens.npz")
     with files.atomic_write(npz) as f:
         np.savez(f, tokens=tokens, files=np.asarray(names))
@@ -186,14 +200,18 @@ def tokenize_folder(tokenizer: Tokenizer, images_dir: str, output: str, batch_si
     return summary
 
 
-def detokenize(tokenizer: Tokenizer, tokens_file: str, output: str, batch_size: int = 64) -> dict[str, Any]:
-    """tokens.npz -> output/reconstructions/<name>.png + output/grid.png.
+def detokenize(
+    tokenizer: Tokenizer, tokens_file: str, output: str, batch_size: int = 64, num_tokens: int = 0
+) -> dict[str, Any]:
+    """tokens.npz -> output/reconstructions/<name>.png + output/grid.png. A variable-length tokenizer decodes a
+    file of fewer than K tokens per image as it is, and `num_tokens` k > 0 decodes only each row's first k.
 
     The names come from the file's 'files' array (else 000000.png, ...). A name is a relative path
     inside the output folder ('im0.png', 'sub/im0.png'); one that is absolute, holds '..', a '.' or
     empty part, or a backslash is refused with a ValueError before anything is decoded or written,
     rather than rewritten, so that no file lands where the data file, not the user, chose.
     """
+    check_num_tokens(tokenizer, num_tokens)
     if not os.path.isfile(tokens_file):
         raise FileNotFoundError(f"--tokens={tokens_file!r} does not exist (a tokens.npz from --images).")
     with np.load(tokens_file) as data:
@@ -204,6 +222,13 @@ def detokenize(tokenizer: Tokenizer, tokens_file: str, output: str, batch_size: 
             names = _checked_names(data["files"], len(tokens), tokens_file)
         else:
             names = [f"{i:06d}.png" for i in range(len(tokens))]
+    if num_tokens:
+        if tokens.ndim < 2 or tokens.shape[1] < num_tokens:
+            raise ValueError(
+                f"--num_tokens={num_tokens}, but {tokens_file!r} holds tokens of shape {tokens.shape}: at most "
+                f"{tokens.shape[1] if tokens.ndim >= 2 else 0} per image. Give a smaller --num_tokens or drop it."
+            )
+        tokens = tokens[:, :num_tokens]
     recon = np.concatenate([tokenizer.decode(tokens[s]) for s in _batches(len(tokens), batch_size)])
     _write_images(output, names, to_uint8(recon), None)
     return {"images": len(tokens), "output": output}

@@ -55,13 +55,19 @@ LOOKUP_FREE_MODES = ("fsq", "lfq", "bsq")
 TOKEN_DROPOUTS = ("none", "uniform", "pow2")
 
 
+def powers_of_two_up_to(num_tokens: int) -> tuple[int, ...]:
+    """1, 2, 4, ..., K (and K itself when it is not a power of two): the pow2 training counts, and the few
+    prefix lengths an evaluation reports (a quality-vs-k curve on a log axis)."""
+    return tuple(sorted({min(2**i, num_tokens) for i in range(int(np.ceil(np.log2(num_tokens))) + 1)}))
+
+
 def draw_num_kept(rng: jax.Array, batch: int, num_tokens: int, distribution: str) -> jax.Array:
     """(batch,) int32 token counts to keep: uniform over 1..K, or uniform over the powers of two 1, 2, .., K
     (and K itself when K is not a power of two)."""
     if distribution == "uniform":
         return jax.random.randint(rng, (batch,), 1, num_tokens + 1, jnp.int32)
     if distribution == "pow2":
-        counts = sorted({min(2**i, num_tokens) for i in range(int(np.ceil(np.log2(num_tokens))) + 1)})
+        counts = powers_of_two_up_to(num_tokens)
         return jnp.asarray(counts, jnp.int32)[jax.random.randint(rng, (batch,), 0, len(counts))]
     raise ValueError(f"token_dropout={distribution!r} draws no counts; one of {TOKEN_DROPOUTS[1:]}.")
 
@@ -429,6 +435,11 @@ class TiTok(nn.Module):
         kept = jnp.arange(latents.shape[1])[None, :, None] < jnp.asarray(num_kept)[:, None, None]
         return jnp.where(kept, latents, self.latent_mask_vector.astype(latents.dtype))
 
+    def decode_prefix(self, latents: jax.Array, num_kept: jax.Array) -> jax.Array:
+        """What `decode` returns from the first num_kept (B,) of the latents (B, K, token_size), the rest masked.
+        num_kept is traced: one compile serves every prefix length (decode of a (B, k, C) slice compiles per k)."""
+        return self.decode(self.keep_prefix(latents, num_kept))
+
     def decode(self, latents: jax.Array) -> jax.Array:
         """Latents (B, K, token_size) -> pixels (B, H, W, 3), or float32 proxy-code
         logits (B, grid, grid, proxy_codebook_size) for a stage-1 two-stage model. A model trained with
@@ -470,6 +481,28 @@ class TiTok(nn.Module):
     def __call__(self, images: jax.Array, sample_posterior: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
         latents, info = self.encode(images, sample_posterior=sample_posterior)
         return self.decode(latents), info
+
+
+def check_prefix_lengths(model: TiTok, counts: Sequence[int], setting: str, allow_full: bool = True) -> None:
+    """Refuses prefix lengths a tokenizer cannot decode, naming `setting` (the flag or argument that chose them):
+    they must lie in 1..K, and one trained without token dropout decodes only all K tokens (with `allow_full`;
+    without it, none: a per-k evaluation of such a tokenizer says nothing the full one does not)."""
+    num_tokens = model.num_latent_tokens
+    example = ",".join(map(str, powers_of_two_up_to(num_tokens)))
+    if not counts:
+        raise ValueError(f"{setting} names no token counts; give counts in 1..{num_tokens}, e.g. {example}.")
+    outside = [k for k in counts if not 1 <= k <= num_tokens]
+    if outside:
+        raise ValueError(
+            f"{setting}: {outside} lie outside 1..{num_tokens} (this tokenizer has {num_tokens} tokens); give "
+            f"counts in 1..{num_tokens}, e.g. {example}."
+        )
+    if model.token_dropout == "none" and (not allow_full or any(k != num_tokens for k in counts)):
+        raise ValueError(
+            f"{setting}: this tokenizer was trained without token dropout (model.token_dropout='none'), so it "
+            f"decodes only all {num_tokens} tokens; drop {setting}, or use a tokenizer trained with "
+            "model.token_dropout=uniform or pow2 (--config.model.token_dropout=uniform)."
+        )
 
 
 def check_images(images: jax.Array, expected_shape: tuple[int, int, int], where: str) -> None:

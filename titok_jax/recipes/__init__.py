@@ -95,6 +95,10 @@ class Recipe(Protocol):
         """The step metrics that are vectors (e.g. per-code counts), summed over a log window of `steps` steps
         -> (scalars, images (1, H, W, 3)) to log for that window."""
 
+    def evaluation_images(self, scalars: dict[str, float]) -> dict[str, Any]:
+        """Pictures drawn on the host from `evaluate`'s scalars (e.g. a quality-vs-k plot) -> images
+        (1, H, W, 3) written beside the grid."""
+
 
 class RecipeModule(Protocol):
     """The functions of a recipe module."""

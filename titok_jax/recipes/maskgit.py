@@ -91,6 +91,9 @@ class MaskGITRecipe:
     def window_summaries(self, sums: dict[str, Any], steps: int) -> tuple[dict[str, float], dict[str, Any]]:
         return {}, {}  # every metric of a generator step is a scalar
 
+    def evaluation_images(self, scalars: dict[str, float]) -> dict[str, Any]:
+        return {}  # the sample grid says it all
+
     # ---- training --------------------------------------------------------------
     def tokens_of(self, batch: dict[str, jax.Array], frozen: dict[str, Any]) -> jax.Array:
         """The batch's codes: pretokenized, or the frozen tokenizer's encoding of its images."""

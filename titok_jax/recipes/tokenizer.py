@@ -24,11 +24,19 @@ import optax
 from titok_jax import checkpoint, images, losses, optim, recipes
 from titok_jax import sharding as sh
 from titok_jax.data import pipeline
-from titok_jax.evaluation import tokenizer_eval
+from titok_jax.evaluation import prefix_plots, tokenizer_eval
 from titok_jax.inference import tokenizer as tokenizer_lib
 from titok_jax.models import layer_stack, quantizers, resize
 from titok_jax.models.discriminator import NLayerDiscriminator
-from titok_jax.models.titok import DISCRETE_MODES, TiTok, draw_num_kept, pixel_decoder_fields, titok_from_config
+from titok_jax.models.titok import (
+    DISCRETE_MODES,
+    TiTok,
+    check_prefix_lengths,
+    draw_num_kept,
+    pixel_decoder_fields,
+    powers_of_two_up_to,
+    titok_from_config,
+)
 from titok_jax.models.vqgan import VQGAN
 from titok_jax.recipes import init_from, teacher
 from titok_jax.train.loop import Evaluator, Plan
@@ -164,15 +172,44 @@ class TokenizerRecipe:
         self, state: TrainState, eval_batch: dict[str, jax.Array], frozen: dict[str, Any]
     ) -> tuple[dict[str, jax.Array], jax.Array]:
         """Held-out reconstruction MSE of params and EMA params over the real images of the batch (its
-        `mask`, when it has one), and grid rows (originals, EMA reconstructions)."""
+        `mask`, when it has one), and grid rows (originals, EMA reconstructions). A variable-length tokenizer
+        (model.token_dropout) also reports the EMA MSE from the first k tokens, `ema_reconstruction_mse_k{k}` for
+        k = 1, 2, 4, ..., K, and adds a grid row per k < K (after the reconstructions from all K, k ascending)."""
         images = eval_batch["image"]
         weights = eval_batch["mask"].astype(jnp.float32) if "mask" in eval_batch else jnp.ones(images.shape[0])
+
+        def masked_mse(reconstructions):
+            per_image = jnp.mean(jnp.square(reconstructions - images), axis=tuple(range(1, images.ndim)))
+            return jnp.sum(per_image * weights) / jnp.maximum(jnp.sum(weights), 1)
+
         scalars = {}
         for name, params in (("params", state.params), ("ema", state.ema_params)):
             reconstructions = self.reconstruct(params, images, frozen)
-            per_image = jnp.mean(jnp.square(reconstructions - images), axis=tuple(range(1, images.ndim)))
-            scalars[f"{name}_reconstruction_mse"] = jnp.sum(per_image * weights) / jnp.maximum(jnp.sum(weights), 1)
-        return scalars, jnp.stack([images[:8], reconstructions[:8]])
+            scalars[f"{name}_reconstruction_mse"] = masked_mse(reconstructions)
+        rows = [images[:8], reconstructions[:8]]
+        if self.model.token_dropout != "none":
+            # A few k (log-spaced) keep this cheap: one decode of the grid batch each, all in this one compile.
+            latents, _ = self.model.apply(state.ema_params, images, sample_posterior=False, method=TiTok.encode)
+            num_tokens = self.model.num_latent_tokens
+            for k in powers_of_two_up_to(num_tokens):
+                kept = jnp.full((images.shape[0],), k, jnp.int32)
+                decoded = self.model.apply(state.ema_params, latents, kept, method=TiTok.decode_prefix)
+                decoded = jnp.clip(decoded, 0.0, 1.0)
+                scalars[f"ema_reconstruction_mse_k{k}"] = masked_mse(decoded)
+                if k < num_tokens:
+                    rows.append(decoded[:8])
+        return scalars, jnp.stack(rows)
+
+    def evaluation_images(self, scalars: dict[str, float]) -> dict[str, np.ndarray]:
+        """A variable-length tokenizer's held-out EMA MSE against k (from `evaluate`'s scalars) as a plot."""
+        if self.model.token_dropout == "none":
+            return {}
+        by_num_tokens = {
+            k: {"reconstruction_mse": scalars[f"ema_reconstruction_mse_k{k}"]}
+            for k in powers_of_two_up_to(self.model.num_latent_tokens)
+        }
+        plot = prefix_plots.quality_plot(by_num_tokens, title="held-out EMA reconstruction MSE by tokens decoded")
+        return {"reconstruction_mse_by_num_tokens": plot[None]}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -599,3 +636,26 @@ def evaluate_workdir(
         config.eval_batch_size, mesh, inception_vars, real, metrics, max_images, progress=True,
     )  # fmt: skip
     return results, step
+
+
+def evaluate_token_counts(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    token_counts: list[int],
+    metrics: list[str],
+    inception_weights: str = "",
+    max_images: int = 0,
+    grid_images: int = 4,
+) -> tuple[tokenizer_eval.TokenCountResults, int]:
+    """(the metrics of the newest checkpoint's EMA params decoding only the first k tokens, for each k, and a few
+    images decoded at each; step) of a variable-length tokenizer workdir."""
+    model = titok_from_config(config.model)
+    check_prefix_lengths(model, token_counts, "--token_counts", allow_full=False)  # before any restore or compile
+    mesh = sh.make_mesh(**config.mesh)
+    inception_vars, real = tokenizer_eval.load_inception(inception_weights)  # a bad file fails before the restore
+    model, restored = tokenizer_lib.restore_workdir(workdir, config, mesh)
+    results = tokenizer_eval.evaluate_token_counts(
+        model, restored.variables, config.data, config.eval_batch_size, mesh, inception_vars, real, token_counts,
+        metrics, max_images, progress=True, grid_images=grid_images,
+    )  # fmt: skip
+    return results, restored.step

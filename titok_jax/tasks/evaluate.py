@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from clu import metric_writers
+from PIL import Image
 
 from titok_jax import files, recipes
 from titok_jax import sharding as sh
 from titok_jax.convert.inception import PARAMS_FILENAME, source_of
-from titok_jax.evaluation import adm, fid, tokenizer_eval
+from titok_jax.evaluation import adm, fid, prefix_plots, tokenizer_eval
 from titok_jax.inference.generator import Generator
 from titok_jax.inference.samples import write_samples
 from titok_jax.tasks import runs
@@ -35,6 +37,67 @@ def evaluate_workdir(
         raise ValueError("A generator workdir is scored by evaluate_generator (needs --reference_statistics).")
     results, step = module.evaluate_workdir(config, workdir, metrics, inception_weights, max_images)
     write_results(workdir, step, results)
+    return results
+
+
+TOKEN_COUNTS_SUFFIX = "_token_counts"  # WORKDIR/eval/step_S_token_counts{.json,.png,_grid.png}
+
+
+def parse_token_counts(values: Sequence[str | int]) -> list[int]:
+    """--token_counts=1,2,4,... (a list flag's strings) -> ints; a non-integer is a one-line ValueError."""
+    counts = []
+    for value in values:
+        try:
+            counts.append(int(value))
+        except ValueError:
+            raise ValueError(
+                f"--token_counts: {value!r} is not a whole number; give token counts like --token_counts=1,2,4,8,16."
+            ) from None
+    return counts
+
+
+def evaluate_token_counts(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    token_counts: Sequence[str | int],
+    metrics: list[str],
+    inception_weights: str = "",
+    max_images: int = 0,
+    grid_images: int = 4,
+) -> dict[str, Any]:
+    """The metrics of a variable-length tokenizer workdir's newest checkpoint (EMA params) decoding only its
+    first k tokens, for each k of `token_counts`. Writes (process 0) WORKDIR/eval/step_S_token_counts.json
+    ({"step", "token_counts", "by_num_tokens": {"k": {metric: value}}, "plot", "grid"}), the quality-vs-k plot
+    step_S_token_counts.png, the grid step_S_token_counts_grid.png (a row per image: the original, then k
+    ascending) and TensorBoard scalars eval/NAME_k{k} with both pictures; returns what the JSON holds."""
+    module = recipes.validate(config)
+    if module.ARTIFACT != recipes.TOKENIZER:
+        raise ValueError("--token_counts evaluates a tokenizer workdir; this config trains a generator.")
+    counts = parse_token_counts(token_counts)
+    scored, step = module.evaluate_token_counts(
+        config, workdir, counts, metrics, inception_weights, max_images, grid_images
+    )
+    by_num_tokens = scored.by_num_tokens
+    plot = prefix_plots.quality_plot(by_num_tokens, title=f"{os.path.basename(os.path.normpath(workdir))} step {step}")
+    grid = prefix_plots.prefix_grid(scored.originals, scored.decoded)
+    plot_path = files.eval_path(workdir, step, TOKEN_COUNTS_SUFFIX + ".png")
+    grid_path = files.eval_path(workdir, step, TOKEN_COUNTS_SUFFIX + "_grid.png")
+    results: dict[str, Any] = {
+        "step": step,
+        "token_counts": sorted(by_num_tokens),
+        "by_num_tokens": {str(k): values for k, values in by_num_tokens.items()},  # JSON keys are strings
+        "plot": plot_path,
+        "grid": grid_path,
+    }
+    results["results_file"] = files.write_eval_results(workdir, step, results, TOKEN_COUNTS_SUFFIX + ".json")
+    if jax.process_index() == 0:
+        Image.fromarray(plot).save(plot_path)
+        Image.fromarray(grid).save(grid_path)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    scalars = {f"eval/{name}_k{k}": value for k, values in by_num_tokens.items() for name, value in values.items()}
+    writer.write_scalars(step, scalars)
+    writer.write_images(step, {"eval/quality_by_num_tokens": plot[None], "eval/decoded_by_num_tokens": grid[None]})
+    writer.flush()
     return results
 
 

@@ -254,10 +254,12 @@ def _write_grid(
     writer: metric_writers.MetricWriter,
     step: int,
 ) -> dict[str, float]:
-    """Writes the recipe's evaluation scalars (as eval/NAME) and its image grid."""
+    """Writes the recipe's evaluation scalars (as eval/NAME), its image grid and the pictures it draws from them."""
     scalars, rows = evaluate(state, global_batch(grid_batch, mesh), frozen, recipe)
-    results = {f"eval/{k}": float(v) for k, v in sh.to_host(scalars).items()}
+    host_scalars = {k: float(v) for k, v in sh.to_host(scalars).items()}
+    results = {f"eval/{k}": v for k, v in host_scalars.items()}
     if results:
         writer.write_scalars(step, dict(results))
-    writer.write_images(step, {recipe.grid_name: images.readable_grid(sh.to_host(rows))[None]})
+    pictures = {recipe.grid_name: images.readable_grid(sh.to_host(rows))[None]}
+    writer.write_images(step, {**pictures, **recipe.evaluation_images(host_scalars)})
     return results
