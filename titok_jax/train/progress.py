@@ -18,6 +18,8 @@ HEADLINE = (
     "generator_adversarial_loss",
     "discriminator_loss",
     "masked_token_accuracy",
+    "token_accuracy",
+    "random_order_ratio",
     "codebook_usage",
     "grad_norm",
 )
