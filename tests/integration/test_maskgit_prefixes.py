@@ -154,14 +154,14 @@ def test_a_prefix_trained_generator_predicts_and_samples_every_k(tokenizers, tmp
     tokens_dir = str(tmp_path / "patterned")
     patterns = _class_patterned_tokens(tokens_dir, tok.identity())
     config = _config(
-        workdir, tokens_dir=tokens_dir, prefix_lengths="pow2", total_steps=200, batch_size=64, log_every=50,
-        sample_every=200, checkpoint_every=200,
+        workdir, tokens_dir=tokens_dir, prefix_lengths="pow2", total_steps=400, batch_size=64, log_every=50,
+        sample_every=400, checkpoint_every=400,
         **{"model.hidden_size": 64, "model.num_heads": 4, "model.intermediate_size": 128},
     )  # fmt: skip
     generator_dir = str(tmp_path / "generator")
     recipes.train(config, generator_dir)
     generator = Generator.load(generator_dir, config)
-    assert generator.prefix_lengths == "pow2" and os.path.isdir(os.path.join(generator_dir, "checkpoints", "200"))
+    assert generator.prefix_lengths == "pow2" and os.path.isdir(os.path.join(generator_dir, "checkpoints", "400"))
 
     # Masked-token accuracy at each k against the per-position mode of the training rows, on the same masks.
     model = generator.model
@@ -169,11 +169,11 @@ def test_a_prefix_trained_generator_predicts_and_samples_every_k(tokenizers, tmp
     logits_of = jax.jit(lambda v, i, c, n: model.apply(v, i, c, lengths=n))
     training = _training_rows(tokens_dir)
     mode = np.array([np.bincount(training[:, p], minlength=256).argmax() for p in range(K)])
-    accuracy, baseline = {}, {}
+    accuracy, baseline, ceiling = {}, {}, {}
     with jax.set_mesh(generator.mesh):
         for k in (1, 2, 4, 8, 16):
             lengths = jnp.full((len(rows),), k, jnp.int32)
-            hits = model_hits = mode_hits = 0
+            hits = model_hits = mode_hits = clean_hits = 0
             for draw in range(4):
                 inputs, masked = masking.mask_tokens(
                     jax.random.PRNGKey(draw), jnp.asarray(rows), model.codebook_size, lengths
@@ -183,18 +183,26 @@ def test_a_prefix_trained_generator_predicts_and_samples_every_k(tokenizers, tmp
                 hits += masked.sum()
                 model_hits += (masked & (predicted == rows)).sum()
                 mode_hits += (masked & (mode[None] == rows)).sum()
-            accuracy[k], baseline[k] = model_hits / hits, mode_hits / hits
-    print("masked-token accuracy by k", accuracy, "per-position mode", baseline)
+                clean_hits += (masked & (patterns[labels] == rows)).sum()
+            accuracy[k], baseline[k], ceiling[k] = model_hits / hits, mode_hits / hits, clean_hits / hits
+    print(f"masked-token accuracy by k {accuracy}; per-position mode {baseline}; class pattern (ceiling) {ceiling}")
+    # Measured (seed 42 / seed 1): k = 1, 2, 4, 8: 0.803, 0.799, 0.801, 0.797 for both seeds, the ceiling (the
+    # class pattern everywhere; 20% of positions are noise); k = 16: 0.717 / 0.725 (pow2 trains all 16 on 1 row in
+    # 5). Per-position mode 0.074, 0.075, 0.072, 0.078, 0.079. Margins >= 0.64.
     for k in accuracy:
-        assert accuracy[k] > baseline[k] + 0.4, (k, accuracy[k], baseline[k])
+        assert accuracy[k] > baseline[k] + 0.5, (k, accuracy[k], baseline[k])
 
+    own = {}
     for k in (K // 4, K):
-        images, tokens = generator.generate(np.arange(10), seed=0, num_tokens=k)
-        assert tokens.shape == (10, k) and images.shape == (10, 32, 32, 3) and images.dtype == np.uint8
+        classes = np.arange(40) % 10
+        images, tokens = generator.generate(classes, seed=0, num_tokens=k)
+        assert tokens.shape == (40, k) and images.shape == (40, 32, 32, 3) and images.dtype == np.uint8
         np.testing.assert_array_equal(images, np.round(tok.decode(tokens) * 255).astype(np.uint8))
-        own = (tokens == patterns[np.arange(10), :k]).mean()
-        print(f"k={k}: samples match their class pattern at {own:.3f} of positions")
-        assert own > 0.7
+        own[k] = (tokens == patterns[classes, :k]).mean()
+    print("samples matching their class pattern by k", own)
+    # Measured (seed 42 / seed 1): k = 4: 0.981 / 0.944; k = 16: 0.769 / 0.706 (the data's 80% is the ceiling of
+    # an unbiased sampler; guidance 2 sharpens the short prefix more).
+    assert min(own.values()) > 0.6
 
 
 def _training_rows(tokens_dir):
