@@ -192,13 +192,17 @@ def test_a_prefix_trained_generator_predicts_and_samples_every_k(tokenizers, tmp
     for k in accuracy:
         assert accuracy[k] > baseline[k] + 0.5, (k, accuracy[k], baseline[k])
 
-    own = {}
+    own, by_k = {}, {}
     for k in (K // 4, K):
         classes = np.arange(40) % 10
         images, tokens = generator.generate(classes, seed=0, num_tokens=k)
         assert tokens.shape == (40, k) and images.shape == (40, 32, 32, 3) and images.dtype == np.uint8
         np.testing.assert_array_equal(images, np.round(tok.decode(tokens) * 255).astype(np.uint8))
-        own[k] = (tokens == patterns[classes, :k]).mean()
+        own[k], by_k[k] = (tokens == patterns[classes, :k]).mean(), tokens
+    # A bundle knows it was trained on prefixes and samples the same prefix.
+    bundle = Generator.load(generator.save_bundle(str(tmp_path / "bundle")))
+    assert bundle.prefix_lengths == "pow2"
+    np.testing.assert_array_equal(bundle.generate(classes, seed=0, num_tokens=4)[1], by_k[4])
     print("samples matching their class pattern by k", own)
     # Measured (seed 42 / seed 1): k = 4: 0.981 / 0.944; k = 16: 0.769 / 0.706 (the data's 80% is the ceiling of
     # an unbiased sampler; guidance 2 sharpens the short prefix more).
