@@ -7,6 +7,10 @@
   --config=experiments/maskgit_generator.py:tiny,tokenizer=tiny_fsq   over another titok_single_stage.py
       variant's tokens (tiny_fsq, tiny_lfq, bl64_fsq12, ...): the vocabulary follows its quantizer
 
+Over a variable-length tokenizer (tokenizer=tiny_vq_nested, model.token_dropout uniform / pow2),
+--config.prefix_lengths=uniform | pow2 | auto (the tokenizer's token_dropout) trains on prefixes of k tokens,
+so that Generator.generate(num_tokens=k) samples k < K; "none" (the default) is the official recipe.
+
 Set --config.tokenizer.workdir to the tokenizer's training workdir and --config.tokens_dir to
 its pretokenized shards (`python -m titok_jax.pretokenize`); an empty tokens_dir tokenizes
 config.data's images on the fly. Sampling settings are the official ones of each model.
@@ -67,6 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.update(
         learning_rate=2e-4, b1=0.9, b2=0.96, weight_decay=0.03, warmup_steps=10_000, end_learning_rate=1e-5
     )
+    # Prefix training (docs/variable_length.md): "none" | "uniform" | "pow2" | "auto" (the tokenizer's token_dropout).
+    config.prefix_lengths = "none"
     config.losses = ml_collections.ConfigDict(dict(class_dropout=0.1, label_smoothing=0.1, unmasked_weight=0.1))
     config.sampling = ml_collections.ConfigDict(
         dict(

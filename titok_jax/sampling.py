@@ -48,8 +48,8 @@ def mask_ratio(ratio: jax.Array | float, method: str = "arccos") -> jax.Array:
     return jnp.clip(masked, 1e-6, 1.0)
 
 
-def num_masked_for_training(ratio: jax.Array, num_tokens: int) -> jax.Array:
-    """Training: round(K * arccos-ratio), at least one token."""
+def num_masked_for_training(ratio: jax.Array, num_tokens: int | jax.Array) -> jax.Array:
+    """Training: round(K * arccos-ratio), at least one token (`num_tokens` per example: a prefix's k)."""
     return jnp.maximum(jnp.round(num_tokens * mask_ratio(ratio)), 1).astype(jnp.int32)
 
 
@@ -94,12 +94,16 @@ def sample_tokens(
     guidance_power: float = 3.0,
     randomize_temperature: float = 1.0,
     softmax_temperature_annealing: bool = False,
+    prefix_length: int | None = None,
 ) -> jax.Array:
     """Class-conditional MaskGIT decoding: class_ids (B,) -> token ids (B, num_tokens), all unmasked.
 
     Traceable (a `lax.fori_loop`, no host round trips): jit it with `logits_fn`
     and the keyword arguments static; with the batch sharded the whole loop is.
     Guided steps run cond and uncond (class `null_class`) as one doubled batch.
+    `prefix_length` = k < num_tokens decodes only the first k positions -> (B, k): the rest stay [MASK],
+    are never sampled or re-masked, and the mask schedule counts k tokens (`logits_fn` must hide them
+    from attention: a generator trained on prefixes, given lengths = k).
     """
     weights = guidance_weights(num_steps, guidance_scale, guidance_schedule, guidance_power)
     guided = bool(np.any(weights != 0))
@@ -115,12 +119,18 @@ def sample_tokens(
         cond, uncond = both[:batch], both[batch:]
         return cond + weights[step] * (cond - uncond)
 
+    prefix = prefix_length is not None and prefix_length != num_tokens
+    decoded = prefix_length if prefix else num_tokens
+    in_prefix = jnp.arange(num_tokens)[None] < decoded
+
     def body(step, carry):
         ids, key = carry
         key, sample_key, confidence_key = jax.random.split(key, 3)
         ratio = (step + 1.0) / num_steps
         temperature = randomize_temperature * (1.0 - ratio)
         is_mask = ids == mask_id
+        if prefix:  # the tail stays [MASK] but counts as fixed: never sampled, never a re-mask candidate
+            is_mask = is_mask & in_prefix
         logits = logits_at(step, ids)
         if softmax_temperature_annealing:
             logits = logits / (0.5 + 0.8 * (1.0 - ratio))
@@ -128,7 +138,7 @@ def sample_tokens(
         sampled_logits = jnp.take_along_axis(logits, sampled[..., None], axis=-1)[..., 0]
         sampled = jnp.where(is_mask, sampled, ids)
         sampled_logits = jnp.where(is_mask, sampled_logits, jnp.inf)
-        remask = num_to_remask(step, num_steps, num_tokens, jnp.sum(is_mask, axis=-1, keepdims=True))
+        remask = num_to_remask(step, num_steps, decoded, jnp.sum(is_mask, axis=-1, keepdims=True))
         confidence = sampled_logits + temperature * _gumbel(confidence_key, sampled_logits.shape)
         cut_off = jnp.take_along_axis(jnp.sort(confidence, axis=-1), remask - 1, axis=-1)
         remasked = jnp.where(confidence <= cut_off, mask_id, sampled)
@@ -136,7 +146,7 @@ def sample_tokens(
 
     ids = jnp.full((batch, num_tokens), mask_id, jnp.int32)
     ids, _ = jax.lax.fori_loop(0, num_steps, body, (ids, rng))
-    return ids
+    return ids[:, :decoded] if prefix else ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +173,7 @@ class SamplingSettings:
         guidance_weights(settings.num_steps, settings.guidance_scale, settings.guidance_schedule)  # validates
         return settings
 
-    def sample(self, logits_fn: LogitsFn, class_ids: jax.Array, rng: jax.Array, **model_sizes: int) -> jax.Array:
-        """`sample_tokens` with these settings; model_sizes: num_tokens, codebook_size, null_class."""
+    def sample(self, logits_fn: LogitsFn, class_ids: jax.Array, rng: jax.Array, **model_sizes: int | None) -> jax.Array:
+        """`sample_tokens` with these settings; model_sizes: num_tokens, codebook_size, null_class (and
+        prefix_length)."""
         return sample_tokens(logits_fn, class_ids, rng, **model_sizes, **dataclasses.asdict(self))

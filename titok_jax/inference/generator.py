@@ -43,6 +43,8 @@ from titok_jax.sampling import SamplingSettings
 from titok_jax.trees import check_tree_matches
 
 TOKENIZER_DIR = "tokenizer"  # a generator bundle's own tokenizer bundle
+# The metadata key (a bundle's too) saying what prefix lengths a MaskGIT generator trained on (config.prefix_lengths).
+PREFIX_LENGTHS_KEY = "prefix_lengths"
 Settings = SamplingSettings | ARSamplingSettings
 # What `load` reads of a hub repo (all that `from_pretrained` downloads): a generator bundle with its
 # tokenizer's bundle inside, or the official config + weights (the same names as a tokenizer's).
@@ -69,9 +71,17 @@ def sample_tokens(
     num_tokens: int | None = None,
 ) -> jax.Array:
     """Token ids (B, K) for class_ids (B,) (traceable): MaskGIT parallel decoding, or RAR's one token a step
-    (with its K/V cache unless settings.kv_cache is off; `num_tokens` = k < K stops after k tokens)."""
+    (with its K/V cache unless settings.kv_cache is off). `num_tokens` = k < K gives (B, k): RAR stops after k
+    tokens; MaskGIT decodes only the first k positions, the rest hidden from attention (meaningful for a
+    generator trained on prefixes: `Generator` checks that)."""
+    prefix = num_tokens is not None and num_tokens != model.num_tokens
+    if prefix and not 1 <= num_tokens <= model.num_tokens:
+        raise ValueError(f"num_tokens must be in [1, {model.num_tokens}], got {num_tokens}.")
 
     def logits_fn(ids, classes):
+        if prefix and not is_autoregressive(model):
+            # ids.shape[0], not class_ids': guided steps run a doubled batch.
+            return model.apply(variables, ids, classes, lengths=jnp.full(ids.shape[:1], num_tokens, jnp.int32))
         return model.apply(variables, ids, classes)
 
     if is_autoregressive(model):
@@ -87,8 +97,6 @@ def sample_tokens(
             return model.apply(variables, token, step, classes, cache, method=RAR.decode_step)
 
         return sample_cached(settings, prefill_fn, step_fn, model.init_cache(rows), class_ids, rng, **sizes)
-    if num_tokens not in (None, model.num_tokens):
-        raise ValueError(f"A MaskGIT generator samples all {model.num_tokens} tokens; num_tokens={num_tokens}.")
     return settings.sample(
         logits_fn,
         class_ids,
@@ -96,6 +104,7 @@ def sample_tokens(
         num_tokens=model.num_tokens,
         codebook_size=model.codebook_size,
         null_class=model.num_classes,
+        prefix_length=num_tokens if prefix else None,
     )
 
 
@@ -171,6 +180,8 @@ def load_model_and_variables(
             path, model, (ids, labels), mesh, hint="it is not a generator workdir (train one with titok_jax.main)."
         )
         metadata = {"source": path, "step": restored.step, "variant": config.get("variant", "")}
+        if not is_autoregressive(model):  # what prefixes it trained on (runs recorded before: none)
+            metadata[PREFIX_LENGTHS_KEY] = config.get("prefix_lengths", "none")
         tokenizer = WorkdirTokenizer(config.tokenizer.workdir, _tokenizer_config(config.tokenizer))
         if on_mesh:
             return LoadedGenerator(model, restored.variables, metadata, config.sampling, tokenizer, mesh)
@@ -220,6 +231,12 @@ class Generator:
         self.settings = settings
         self.source = source
         self.metadata = dict(metadata or {})
+        if not is_autoregressive(model):
+            # "auto" means the tokenizer's token_dropout; a bundle then records the distribution itself.
+            option = self.metadata.get(PREFIX_LENGTHS_KEY, "none")  # official checkpoints: all K
+            if option == "auto":
+                option = tokenizer.model.token_dropout
+            self.metadata[PREFIX_LENGTHS_KEY] = option
         self.mesh = mesh or sh.make_mesh()
         shardings = sh.logical_shardings(abstract_variables(model), self.mesh)
         self.variables = jax.device_put(variables, shardings)
@@ -302,14 +319,14 @@ class Generator:
             return f"autoregressive, guidance {self.settings.guidance_scale}"
         return f"{self.settings.num_steps} steps"
 
+    @property
+    def prefix_lengths(self) -> str:
+        """What prefix lengths a MaskGIT generator trained on ("none": all K only); RAR: "any" (it stops early)."""
+        return "any" if is_autoregressive(self.model) else self.metadata[PREFIX_LENGTHS_KEY]
+
     def _check_num_tokens(self, num_tokens: int | None) -> int | None:
         if num_tokens is None or num_tokens == self.model.num_tokens:
             return None
-        if not is_autoregressive(self.model):
-            raise ValueError(
-                f"num_tokens={num_tokens}: MaskGIT generator {self.source!r} samples all {self.model.num_tokens} "
-                "tokens at once; an autoregressive (RAR) generator stops after any k."
-            )
         if not 1 <= num_tokens <= self.model.num_tokens:
             raise ValueError(f"num_tokens must be in [1, {self.model.num_tokens}], got {num_tokens}.")
         if self.tokenizer.model.token_dropout == "none":
@@ -317,6 +334,12 @@ class Generator:
                 f"num_tokens={num_tokens} < {self.model.num_tokens}: tokenizer {self.tokenizer.source!r} was trained "
                 "without token dropout and decodes only all its tokens; use a variable-length tokenizer "
                 "(model.token_dropout uniform / pow2)."
+            )
+        if self.prefix_lengths == "none":
+            raise ValueError(
+                f"num_tokens={num_tokens} < {self.model.num_tokens}: MaskGIT generator {self.source!r} was trained on "
+                f"all {self.model.num_tokens} tokens only (prefix_lengths='none'); train it on prefixes "
+                "(--config.prefix_lengths=pow2 or uniform, over a variable-length tokenizer), or sample all tokens."
             )
         return num_tokens
 
@@ -331,8 +354,9 @@ class Generator:
     ) -> tuple[np.ndarray, np.ndarray]:
         """class ids (N,) -> (uint8 images (N, H, W, 3), int32 tokens (N, K)). Batch i of `batch_size` (rounded
         up to whole shards) uses the key fold_in(PRNGKey(seed), i): the same seed gives the same images.
-        `progress` shows a progress bar over the batches. `num_tokens` = k < K (an autoregressive generator over
-        a variable-length tokenizer) samples the first k tokens and decodes that prefix."""
+        `progress` shows a progress bar over the batches. `num_tokens` = k < K (over a variable-length tokenizer:
+        an autoregressive generator, or a MaskGIT one trained with prefix_lengths) samples the first k tokens and
+        decodes that prefix."""
         num_tokens = self._check_num_tokens(num_tokens)
         class_ids = np.asarray(class_ids, np.int32).reshape(-1)
         if class_ids.size == 0:

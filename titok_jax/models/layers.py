@@ -136,6 +136,15 @@ def dense(
     )
 
 
+def _attention_mask(mask: jax.Array) -> jax.Array:
+    """A (L, L) mask shared by every example -> (1, 1, L, L); a per-example (B, 1, Lq, L) one as it is."""
+    if mask.ndim == 2:
+        return mask[None, None]
+    if mask.ndim != 4:
+        raise ValueError(f"An attention mask is (L, L) or (batch, 1, L or 1, L); got shape {mask.shape}.")
+    return mask
+
+
 class MultiHeadAttention(nn.Module):
     """Self-attention with one fused q/k/v projection (torch MultiheadAttention layout).
 
@@ -155,7 +164,8 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True, mask: jax.Array | None = None) -> jax.Array:
-        """`mask` (L, L) bool, True where query position q may attend key position k (None: everywhere)."""
+        """`mask` bool, True where query position q may attend key position k (None: everywhere): (L, L) for
+        every example, or (B, 1, L or 1, L) per example (e.g. a key mask (B, 1, 1, L) hiding padded positions)."""
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"Width {width} is not divisible by num_heads={self.num_heads}.")
@@ -176,13 +186,17 @@ class MultiHeadAttention(nn.Module):
             # The fused kernels have no dropout: spell the (short-sequence) attention out.
             scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / jnp.sqrt(head_dim).astype(query.dtype)
             if mask is not None:
-                scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
+                scores = jnp.where(_attention_mask(mask), scores, jnp.finfo(scores.dtype).min)
             probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(value.dtype)
             probs = nn.Dropout(self.attention_dropout)(probs, deterministic=False)
             out = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
         else:
             out = jax.nn.dot_product_attention(
-                query, key, value, mask=None if mask is None else mask[None, None], implementation=self.attention_impl
+                query,
+                key,
+                value,
+                mask=None if mask is None else _attention_mask(mask),
+                implementation=self.attention_impl,
             )
         out = nn.with_logical_constraint(out, (sh.BATCH, sh.LENGTH, sh.HEADS, sh.HEAD_DIM))
         out_kernel = self.param(

@@ -6,6 +6,9 @@ statistics). A step masks round(K * arccos(t) / (pi / 2)) tokens per example,
 drops the class (-> null) with probability `class_dropout`, and trains on the
 label-smoothed masked-token loss. Batches carry `tokens` (pretokenized shards) or
 `image` (tokenized on the fly by the frozen tokenizer in `frozen["tokenizer"]`).
+With config.prefix_lengths (over a variable-length tokenizer) each example is its first k tokens, k drawn
+per example like the tokenizer's token_dropout: only those are masked, scored and attended to, and k is
+data (one compiled step for every k), so `Generator.generate(num_tokens=k)` samples any prefix.
 Evaluation samples a fixed class grid with the EMA params and decodes it.
 """
 
@@ -31,8 +34,8 @@ from titok_jax.inference import generator as generator_lib
 from titok_jax.inference import tokenizer as tokenizer_lib
 from titok_jax.inference.tokenizer import Tokenizer
 from titok_jax.models import resize
-from titok_jax.models.maskgit import MaskGITBert, MaskGITUViT, maskgit_from_config
-from titok_jax.models.titok import TiTok, titok_from_config
+from titok_jax.models.maskgit import MaskGITBert, MaskGITUViT, maskgit_from_config, resolve_prefix_lengths
+from titok_jax.models.titok import TiTok, draw_num_kept, titok_from_config
 from titok_jax.recipes import generation_eval, init_from
 from titok_jax.sampling import SamplingSettings
 from titok_jax.train import masking
@@ -62,6 +65,8 @@ class MaskGITRecipe:
     class_dropout: float = 0.1
     label_smoothing: float = 0.1
     unmasked_weight: float = 0.1
+    # "none" (every example all K tokens, the official recipe), "uniform" or "pow2": the prefix-length draw.
+    prefix_lengths: str = "none"
 
     # ---- state -----------------------------------------------------------------
     def example_batch(self) -> dict[str, jax.Array]:
@@ -104,15 +109,33 @@ class MaskGITRecipe:
     def loss(
         self, params: Any, batch: dict[str, jax.Array], rng: jax.Array, context: dict[str, Any]
     ) -> tuple[jax.Array, tuple[dict[str, jax.Array], None]]:
-        """Masked-token loss of one (micro-)batch -> (loss, (metrics, None))."""
+        """Masked-token loss of one (micro-)batch -> (loss, (metrics, None)).
+
+        With prefix training each example's length k comes from `batch["lengths"]` (B,) when the batch has it
+        (a fixed k: tests, evaluation at one k), else from the recipe's draw; k is an array, never a shape."""
         tokens = self.tokens_of(batch, context)
         mask_key, drop_key, dropout_key = jax.random.split(rng, 3)
-        inputs, masked = masking.mask_tokens(mask_key, tokens, mask_id=self.model.codebook_size)
+        lengths = batch.get("lengths")
+        if lengths is None and self.prefix_lengths != "none":
+            # fold_in, not a 4th split: the keys above stay those of the official recipe.
+            lengths = draw_num_kept(
+                jax.random.fold_in(rng, 3), tokens.shape[0], self.model.num_tokens, self.prefix_lengths
+            )
+        inputs, masked = masking.mask_tokens(mask_key, tokens, mask_id=self.model.codebook_size, lengths=lengths)
         dropped = jax.random.bernoulli(drop_key, self.class_dropout, batch["label"].shape)
         class_ids = jnp.where(dropped, self.model.num_classes, batch["label"])
-        logits = self.model.apply(params, inputs, class_ids, deterministic=False, rngs={"dropout": dropout_key})
-        loss, metrics = masking.masked_token_loss(logits, tokens, masked, self.label_smoothing, self.unmasked_weight)
-        metrics["masked_fraction"] = jnp.mean(masked.astype(jnp.float32))
+        logits = self.model.apply(
+            params, inputs, class_ids, deterministic=False, lengths=lengths, rngs={"dropout": dropout_key}
+        )
+        valid = None if lengths is None else masking.prefix_positions(lengths, self.model.num_tokens)
+        loss, metrics = masking.masked_token_loss(
+            logits, tokens, masked, self.label_smoothing, self.unmasked_weight, valid=valid
+        )
+        if valid is None:
+            metrics["masked_fraction"] = jnp.mean(masked.astype(jnp.float32))
+        else:  # of the prefix's tokens; and the mean k the step trained on
+            metrics["masked_fraction"] = jnp.sum(masked) / jnp.sum(valid)
+            metrics["mean_prefix_length"] = jnp.mean(lengths.astype(jnp.float32))
         return loss, (metrics, None)
 
     # ---- sampling --------------------------------------------------------------
@@ -171,12 +194,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     when given) produce the codes this generator models. Reads no weights."""
     model = maskgit_from_config(config.model)
     SamplingSettings.from_config(config.sampling)
-    validate_against_tokenizer(config, model)
+    tok = validate_against_tokenizer(config, model)
+    source = config.tokenizer.config or config.tokenizer.workdir
+    resolve_prefix_lengths(config.get("prefix_lengths", "none"), tok.token_dropout, f"tokenizer {source!r}")
 
 
-def validate_against_tokenizer(config: ml_collections.ConfigDict, model: Any) -> None:
+def validate_against_tokenizer(config: ml_collections.ConfigDict, model: Any) -> TiTok:
     """Checks shared by the token generators (MaskGIT, RAR): class dropout, in-training evaluation, and that the
-    tokenizer (and the token shards, when given) produce the codes `model` models. Reads no weights."""
+    tokenizer (and the token shards, when given) produce the codes `model` models. Reads no weights; returns
+    the tokenizer's model."""
     if not 0.0 <= config.losses.class_dropout < 1.0:
         raise ValueError(f"losses.class_dropout must be in [0, 1), got {config.losses.class_dropout}.")
     if "evaluation" in config:  # runs recorded before in-training gFID have none
@@ -213,6 +239,7 @@ def validate_against_tokenizer(config: ml_collections.ConfigDict, model: Any) ->
             f"Tokenizing on the fly: data.image_size={config.data.image_size} differs from the tokenizer's "
             f"image_size={tok.image_size}."
         )
+    return tok
 
 
 def check_tokens_match(tokens_dir: str, identity: dict[str, Any]) -> dict[str, Any]:
@@ -282,6 +309,8 @@ def _recipe(config: ml_collections.ConfigDict, model: Any, tokenizer: TiTok) -> 
         class_dropout=config.losses.class_dropout,
         label_smoothing=config.losses.label_smoothing,
         unmasked_weight=config.losses.unmasked_weight,
+        # Runs recorded before prefix training have no key: all K tokens.
+        prefix_lengths=resolve_prefix_lengths(config.get("prefix_lengths", "none"), tokenizer.token_dropout),
     )
 
 

@@ -72,3 +72,30 @@ def test_logits_shape_class_conditioning_and_dropout(cls):
         assert not np.allclose(train, logits)
     with pytest.raises(ValueError, match=r"expects token ids \(batch, 8\)"):
         model.apply(variables, ids[:, :5], classes)
+
+
+@pytest.mark.parametrize("cls", [MaskGITBert, MaskGITUViT])
+def test_prefix_lengths_hide_the_tail_from_every_position_before_it(cls):
+    """With lengths=k, no logit at a position < k depends on the tokens at positions >= k (bit for bit, in training
+    mode too: attention dropout included); lengths=K equals lengths=None; no parameter is added."""
+    model = cls(**TINY)
+    ids = jax.random.randint(jax.random.PRNGKey(0), (3, 8), 0, 17)
+    classes = jnp.array([0, 1, 4])
+    variables = model.init(jax.random.PRNGKey(1), ids, classes)
+    with_lengths = model.init(jax.random.PRNGKey(1), ids, classes, lengths=jnp.array([1, 3, 8]))
+    assert jax.tree.structure(with_lengths) == jax.tree.structure(variables)
+    lengths = jnp.array([1, 3, 8])
+    tail = np.arange(8)[None] >= np.asarray(lengths)[:, None]
+    other = jnp.where(tail, (ids + 5) % 17, ids)  # every tail token changed
+    head = ~tail[..., None]
+    for kwargs in ({}, {"deterministic": False, "rngs": {"dropout": jax.random.PRNGKey(2)}}):
+        logits = model.apply(variables, ids, classes, lengths=lengths, **kwargs)
+        changed = model.apply(variables, other, classes, lengths=lengths, **kwargs)
+        np.testing.assert_array_equal(np.where(head, logits, 0), np.where(head, changed, 0))
+        assert not np.allclose(logits[1, 3:], changed[1, 3:])  # the tail's own outputs do see it
+    # Without lengths the tail is seen everywhere (the official model); lengths = K changes nothing.
+    full = model.apply(variables, ids, classes)
+    assert not np.allclose(full[0, 0], model.apply(variables, other, classes)[0, 0])
+    np.testing.assert_array_equal(model.apply(variables, ids, classes, lengths=jnp.full((3,), 8)), full)
+    with pytest.raises(ValueError, match=r"lengths must be \(batch,\)"):
+        model.apply(variables, ids, classes, lengths=jnp.array([1, 2]))
