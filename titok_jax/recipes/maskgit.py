@@ -295,18 +295,25 @@ def build_with(
     return make_recipe(tokenizer.model), {"tokenizer": tokenizer.host_variables()}
 
 
-def _recipe(config: ml_collections.ConfigDict, model: Any, tokenizer: TiTok) -> MaskGITRecipe:
-    return MaskGITRecipe(
-        model=model,
-        tokenizer=tokenizer,
+def recipe_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The fields every token generator recipe reads the same way: optimizer, schedule, seed, EMA, class dropout."""
+    return dict(
         optimizer=optim.make_optimizer(config.optimizer, config.total_steps, frozen=recipes.frozen_params(config)),
         learning_rate=optim.learning_rate_schedule(config.optimizer, config.total_steps),
         seed=config.seed,
-        sampling=SamplingSettings.from_config(config.sampling),
         grad_accum_steps=config.grad_accum_steps,
         ema_decay=config.ema.decay,
         ema_warmup=config.ema.warmup,
         class_dropout=config.losses.class_dropout,
+    )
+
+
+def _recipe(config: ml_collections.ConfigDict, model: Any, tokenizer: TiTok) -> MaskGITRecipe:
+    return MaskGITRecipe(
+        model=model,
+        tokenizer=tokenizer,
+        sampling=SamplingSettings.from_config(config.sampling),
+        **recipe_fields(config),
         label_smoothing=config.losses.label_smoothing,
         unmasked_weight=config.losses.unmasked_weight,
         # Runs recorded before prefix training have no key: all K tokens.

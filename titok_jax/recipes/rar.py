@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from titok_jax import optim, recipes
+from titok_jax import recipes
 from titok_jax.ar_sampling import ARSamplingSettings
 from titok_jax.models import resize
 from titok_jax.models.rar import RAR, permute, rar_from_config
@@ -103,14 +103,8 @@ def _recipe(config: ml_collections.ConfigDict, model: RAR, tokenizer: TiTok) -> 
     return RARRecipe(
         model=model,
         tokenizer=tokenizer,
-        optimizer=optim.make_optimizer(config.optimizer, config.total_steps, frozen=recipes.frozen_params(config)),
-        learning_rate=optim.learning_rate_schedule(config.optimizer, config.total_steps),
-        seed=config.seed,
         sampling=ARSamplingSettings.from_config(config.sampling),
-        grad_accum_steps=config.grad_accum_steps,
-        ema_decay=config.ema.decay,
-        ema_warmup=config.ema.warmup,
-        class_dropout=config.losses.class_dropout,
+        **token_generator.recipe_fields(config),
         anneal_start=config.randomness_anneal_start,
         anneal_end=config.randomness_anneal_end,
     )
