@@ -1,4 +1,4 @@
-r"""Sample class-conditional images from a trained MaskGIT generator (its EMA params).
+r"""Sample class-conditional images from a trained MaskGIT or RAR generator (its EMA params).
 
   python -m titok_jax.sample --config=experiments/maskgit_generator.py:tiny \
       --workdir=/tmp/titok_tiny_generator --num_images=640 [--output=DIR] [--batch_size=64]
@@ -11,7 +11,8 @@ per class (the class name for synthetic shapes and class folders, else its id; m
 tiles of at least 128 px, 16 rows per page in grid.png, grid_1.png, ...
 Every batch is one jitted call (the whole decoding loop on device), sharded over the
 devices; sampling settings come from config.sampling (override them as flags, e.g.
-`--config.sampling.guidance_scale=3.0`). The same seed gives the same images.
+`--config.sampling.guidance_scale=3.0`). The same seed gives the same images. `--num_tokens=k` samples
+k-token prefixes for a variable-length tokenizer (RAR stops after k; MaskGIT needs config.prefix_lengths).
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ class Options:
     output: str | None = cli.option(None, "Output directory (default WORKDIR/samples/step_S).")
     batch_size: int = cli.option(64, "Global images per sampling call.")
     seed: int = cli.option(0, "Sampling seed.")
+    num_tokens: int = cli.option(0, "Sample k-token prefixes (0: all K); needs a variable-length tokenizer.")
 
 
 def run(config, options: Options) -> dict[str, Any]:
-    return sample(config, options.workdir, options.num_images, options.output, options.batch_size, options.seed)
+    return sample(
+        config, options.workdir, options.num_images, options.output, options.batch_size, options.seed,
+        options.num_tokens or None,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

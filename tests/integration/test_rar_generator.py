@@ -126,3 +126,9 @@ def test_stops_after_k_tokens_over_a_variable_length_tokenizer(tmp_path):
     np.testing.assert_array_equal(full[:, :4], tokens)  # the same draws, stopped early
     with pytest.raises(ValueError, match=r"num_tokens must be in \[1, 16\]"):
         generator.generate(np.arange(2), num_tokens=17)
+    # The sample command's path (python -m titok_jax.sample --num_tokens=4) writes the prefixes.
+    from titok_jax.inference.samples import write_samples
+
+    summary = write_samples(generator, 20, str(tmp_path / "samples"), batch_size=8, num_tokens=4)
+    written = np.load(tmp_path / "samples" / "samples.npz")
+    assert written["tokens"].shape == (20, 4) and summary["shape"] == [20, 32, 32, 3]

@@ -22,6 +22,7 @@ def write_samples(
     seed: int = 0,
     class_names: Sequence[str] | None = None,
     max_grid_pages: int = 16,
+    num_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Samples `num_images` with balanced classes in order (image i has class i * num_classes // N) and writes
     `samples.npz` (`arr_0`: uint8 (N, H, W, 3); `labels`: int32 (N,); `tokens`: int32 (N, K)) and the grid
@@ -30,11 +31,14 @@ def write_samples(
     The grids show every sample: one row per class (a class with more than 16 samples wraps onto more rows),
     each row labelled at its left with the class name (`class_names[id]`, when given) or id, tiles upscaled to
     at least 128 px, 16 rows per page, up to `max_grid_pages` pages (a 50k evaluation set would fill hundreds:
-    the pages then show the first classes, and the summary says how many rows are shown)."""
+    the pages then show the first classes, and the summary says how many rows are shown). `num_tokens` = k < K
+    samples and decodes k-token prefixes (Generator.generate's rules)."""
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}.")
     class_ids = balanced_class_ids(num_images, generator.num_classes)
-    samples, tokens = generator.generate(class_ids, seed=seed, batch_size=batch_size, progress=True)
+    samples, tokens = generator.generate(
+        class_ids, seed=seed, batch_size=batch_size, progress=True, num_tokens=num_tokens
+    )
     all_rows = images.class_rows(samples, class_ids, class_names)
     rows = all_rows[: max_grid_pages * images.PAGE_ROWS]
     pages = -(-len(rows) // images.PAGE_ROWS)
