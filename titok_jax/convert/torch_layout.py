@@ -60,7 +60,33 @@ def read_state_dict(path: str | os.PathLike, drop_suffixes: Sequence[str] = ()) 
     }
 
 
-def _read_torch(path: str) -> dict[str, Any]:
+def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of a `.safetensors` file or a torch state dict, without reading the tensors' data: the
+    safetensors header, or a memory-mapped `torch.load` (so a model can be sized from its file cheaply)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+    if path.lower().endswith(".safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="numpy") as f:
+                return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        except Exception as err:  # safetensors raises its own error types for bad headers
+            raise ValueError(f"{path!r} is not a readable .safetensors file: {err}") from err
+    torch = _import_torch(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # pickle, zip and weights_only errors all mean "not a state dict file"
+        raise ValueError(f"{path!r} is not a readable PyTorch state dict: {err}") from err
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state dict (a mapping of names to tensors).")
+    return {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def _import_torch(path: str) -> Any:
     try:
         import torch
     except ImportError as err:
@@ -69,6 +95,11 @@ def _read_torch(path: str) -> dict[str, Any]:
             "torch`). Alternatively save the state dict as .safetensors where torch is installed and pass that "
             "file; it reads without torch."
         ) from err
+    return torch
+
+
+def _read_torch(path: str) -> dict[str, Any]:
+    torch = _import_torch(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and weights_only errors all mean "not a state dict file"

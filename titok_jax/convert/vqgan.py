@@ -23,6 +23,7 @@ writes the flax msgpack `config.teacher.checkpoint` reads (the teacher also read
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -109,6 +110,101 @@ def vqgan_port_entries(
 
 def is_torch_file(path: str | os.PathLike) -> bool:
     return os.fspath(path).lower().endswith((*tl.TORCH_SUFFIXES, ".safetensors"))
+
+
+# Keys only the port has (a TiTok state dict also holds quantize.embedding.weight, but no conv encoder).
+PORT_MARKERS = ("encoder.conv_in.weight", "encoder.down.0.block.0.conv1.weight", "quantize.embedding.weight")
+JAX_SUFFIX = ".msgpack"
+
+
+def port_fields(shapes: Mapping[str, Sequence[int]], what: str = PORT_NAME) -> dict[str, Any]:
+    """The VQGAN fields (filters, channel_multipliers, num_res_blocks, embedding_dim, codebook_size) of a port
+    state dict, read off its tensor shapes: conv_in's outputs, the down levels and their blocks, the codebook."""
+    missing = [key for key in PORT_MARKERS if key not in shapes]
+    if missing:
+        raise ValueError(f"{what} is not a MaskGIT VQGAN PyTorch port: it has no {', '.join(missing)}.")
+    filters = int(shapes["encoder.conv_in.weight"][0])  # torch convs are (out, in, kh, kw)
+    levels = 0
+    while f"encoder.down.{levels}.block.0.conv1.weight" in shapes:
+        levels += 1
+    num_res_blocks = 0
+    while f"encoder.down.0.block.{num_res_blocks}.conv1.weight" in shapes:
+        num_res_blocks += 1
+    multipliers = [int(shapes[f"encoder.down.{level}.block.0.conv1.weight"][0]) // filters for level in range(levels)]
+    codebook_size, embedding_dim = (int(n) for n in shapes["quantize.embedding.weight"])
+    return dict(
+        filters=filters, channel_multipliers=tuple(multipliers), num_res_blocks=num_res_blocks,
+        embedding_dim=embedding_dim, codebook_size=codebook_size,
+    )  # fmt: skip
+
+
+def tree_fields(params: Mapping[str, Any], what: str = "the JAX checkpoint") -> dict[str, Any]:
+    """The VQGAN fields of our parameter tree ({encoder, quantizer, decoder}), read off its shapes: the encoder
+    holds (levels + 1) x num_res_blocks ResBlocks, the decoder levels + 1 convs."""
+    try:
+        encoder, decoder = params["encoder"], params["decoder"]
+        codebook_size, embedding_dim = (int(n) for n in params["quantizer"]["codebook"].shape)
+        filters = int(encoder["Conv_0"]["kernel"].shape[-1])  # flax convs are (kh, kw, in, out)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ValueError(
+            f"{what} is not a MaskGIT VQGAN ({{encoder, quantizer, decoder}} with encoder/Conv_0 and "
+            f"quantizer/codebook): {type(err).__name__} {err}."
+        ) from err
+    levels = sum(1 for name in decoder if name.startswith("Conv_")) - 1
+    blocks = sum(1 for name in encoder if name.startswith("ResBlock_"))
+    if levels < 1 or blocks % (levels + 1):
+        raise ValueError(f"{what}: {blocks} encoder ResBlocks do not fit {levels} levels of a MaskGIT VQGAN.")
+    num_res_blocks = blocks // (levels + 1)
+    multipliers = [
+        int(encoder[f"ResBlock_{level * num_res_blocks}"]["Conv_0"]["kernel"].shape[-1]) // filters
+        for level in range(levels)
+    ]
+    return dict(
+        filters=filters, channel_multipliers=tuple(multipliers), num_res_blocks=num_res_blocks,
+        embedding_dim=embedding_dim, codebook_size=codebook_size,
+    )  # fmt: skip
+
+
+def is_vqgan_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` is a MaskGIT VQGAN file: a flax msgpack (the JAX checkpoint, or our converted port), or
+    a PyTorch / safetensors state dict with the port's keys (read from its header, not its weights)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return False
+    if path.lower().endswith(JAX_SUFFIX):
+        return True
+    return is_torch_file(path) and all(key in _shapes(path) for key in PORT_MARKERS)
+
+
+def read_fields(path: str | os.PathLike) -> dict[str, Any]:
+    """The VQGAN fields of a checkpoint file (either form), from its shapes."""
+    path = os.fspath(path)
+    if is_torch_file(path):
+        return port_fields(_shapes(path), repr(path))
+    return tree_fields(load_vqgan_variables(path, {})["params"], repr(path))
+
+
+def load_vqgan_file(path: str | os.PathLike) -> tuple[dict[str, Any], Tree]:
+    """(VQGAN fields, {"params": ...}) of a checkpoint file (either form), its sizes read off its shapes.
+    The msgpack is read once; its tree is checked against the model by the caller."""
+    path = os.fspath(path)
+    if is_torch_file(path):
+        fields = port_fields(_shapes(path), repr(path))
+        return fields, load_vqgan_variables(path, fields)
+    variables = load_vqgan_variables(path, {})
+    return tree_fields(variables["params"], repr(path)), variables
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_shapes(path: str, mtime_ns: int, size: int) -> dict[str, tuple[int, ...]]:
+    del mtime_ns, size  # the cache key: a rewritten file is read again
+    return tl.read_shapes(path)
+
+
+def _shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Header shapes, cached per file version: validation, loading and the shard checks each ask."""
+    stat = os.stat(path)
+    return _cached_shapes(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
 
 
 def load_vqgan_variables(path: str | os.PathLike, fields: Mapping[str, Any]) -> Tree:

@@ -10,7 +10,11 @@
 `load` accepts a training workdir plus its experiment config (the newest checkpoint's EMA
 params, read params-only), a titok_jax bundle (`python -m titok_jax.export`), an official hub
 directory (config.json + model.safetensors / pytorch_model.bin), or a weights file plus its
-config (`config=` a config.json or the official infer .yaml).
+config (`config=` a config.json or the official infer .yaml). It also takes the frozen MaskGIT-VQGAN
+that the official RAR models (`maskgit-vqgan-imagenet-f16-256.bin`, or its flax msgpack from
+`python -m titok_jax.convert.vqgan`): its tokens are the (S/16)^2 codes of an S px image in raster order
+(256 at the official 256 px; `config={"image_size": S}` or an experiment config picks S), its sizes
+read off the file.
 Batches are padded to a multiple of the local devices and sharded over them; each
 (model, batch shape) compiles once. VQ tokens are int32 code ids (B, K); VAE tokens are
 the posterior means (B, K, token_size). `encode` below is the one jitted images -> tokens
@@ -24,6 +28,7 @@ import hashlib
 import os
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -34,12 +39,19 @@ from titok_jax import configs
 from titok_jax import sharding as sh
 from titok_jax.convert import titok as convert_titok
 from titok_jax.convert import torch_layout as tl
+from titok_jax.convert import vqgan as convert_vqgan
 from titok_jax.data import transforms
 from titok_jax.inference import bundle as bundle_lib
 from titok_jax.inference import hub, restore
 from titok_jax.models import layer_stack
 from titok_jax.models.titok import TiTok, titok_from_config
+from titok_jax.models.vqgan_tokenizer import VQGANTokenizer, tokenizer_fields, vqgan_tokenizer
 from titok_jax.trees import check_tree_matches
+
+# A tokenizer bundle's model.architecture for a VQGAN (a TiTok's fields have no architecture key).
+VQGAN_ARCHITECTURE = "maskgit_vqgan"
+# What a Tokenizer wraps: a TiTok, or the MaskGIT-VQGAN with TiTok's tokenizer surface (models/vqgan_tokenizer.py).
+TokenizerModel = TiTok | VQGANTokenizer
 
 # What names a tokenizer; token shards record it and a generator checks it.
 IDENTITY_KEYS = ("num_tokens", "codebook_size", "codebook_sha256")
@@ -49,34 +61,83 @@ HUB_FILES = (bundle_lib.BUNDLE_FILE, bundle_lib.PARAMS_FILE, convert_titok.CONFI
 HUB_FALLBACKS = {convert_titok.SAFETENSORS_NAME: convert_titok.TORCH_NAME}
 
 
+# Methods by name, not TiTok.encode: a VQGANTokenizer has the same two (raster-order codes for the VQGAN).
 @functools.partial(jax.jit, static_argnames="model")
-def encode(model: TiTok, variables: Any, images: jax.Array) -> jax.Array:
+def encode(model: TokenizerModel, variables: Any, images: jax.Array) -> jax.Array:
     """images (B, H, W, 3) in [0, 1] -> int32 code ids (B, K) (VQ, FSQ, LFQ, BSQ) or posterior means (B, K, C)
     (VAE)."""
-    latents, info = model.apply(variables, images, sample_posterior=False, method=TiTok.encode)
+    latents, info = model.apply(variables, images, sample_posterior=False, method="encode")
     return latents if model.quantize_mode == "vae" else info["indices"].astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames="model")
-def decode(model: TiTok, variables: Any, tokens: jax.Array) -> jax.Array:
+def decode(model: TokenizerModel, variables: Any, tokens: jax.Array) -> jax.Array:
     """Tokens from `encode` -> pixels (B, H, W, 3) clipped to [0, 1]."""
-    return jnp.clip(model.apply(variables, tokens, method=TiTok.decode_tokens), 0.0, 1.0)
+    return jnp.clip(model.apply(variables, tokens, method="decode_tokens"), 0.0, 1.0)
 
 
 def is_training_workdir(path: str | os.PathLike) -> bool:
     return os.path.isdir(os.path.join(os.fspath(path), "checkpoints"))
 
 
+def is_vqgan_checkpoint(path: str | os.PathLike) -> bool:
+    """A MaskGIT-VQGAN file: the official PyTorch port (.bin / .safetensors) or a flax msgpack."""
+    return bool(path) and convert_vqgan.is_vqgan_checkpoint(path)
+
+
 def is_exported_tokenizer(path: str | os.PathLike) -> bool:
-    """A titok_jax bundle or an official hub directory (not a training workdir)."""
+    """A titok_jax bundle, an official hub directory or a MaskGIT-VQGAN file (not a training workdir): it
+    carries its own model, so no experiment config is needed."""
+    if is_vqgan_checkpoint(path):
+        return True
     return os.path.isdir(path) and (bundle_lib.is_bundle(path) or convert_titok.is_hub_directory(path))
 
 
-def exported_model(path: str | os.PathLike) -> TiTok:
-    """The model of a bundle or hub directory, from its config alone (no weights read)."""
+def vqgan_overrides(config: Any) -> dict[str, Any]:
+    """The VQGANTokenizer fields `config` sets beside those its file implies: None (the official 256 px), a
+    mapping of fields ({"image_size": S}, or sizes to check the file against), or an experiment config
+    (its data.image_size: a fully convolutional VQGAN tokenizes the images the data holds)."""
+    if config is None or config == "":
+        return {}
+    if isinstance(config, ml_collections.ConfigDict) and "data" in config:
+        return {"image_size": int(config.data.image_size)}
+    if isinstance(config, ml_collections.ConfigDict):
+        return config.to_dict()
+    if isinstance(config, dict):
+        return dict(config)
+    raise ValueError(
+        f"A MaskGIT-VQGAN file takes config= None, a dict of its fields (e.g. {{'image_size': 256}}) or an "
+        f"experiment config; got {config!r}."
+    )
+
+
+def vqgan_model(fields: dict[str, Any], config: Any, path: str) -> VQGANTokenizer:
+    """The VQGANTokenizer of a file's `fields` with `config`'s overrides; a size that contradicts the file is
+    refused (image_size is the one field a file does not record)."""
+    overrides = vqgan_overrides(config)
+    contradicting = {
+        name: (value, fields[name])
+        for name, value in overrides.items()
+        if name in fields and tuple(np.atleast_1d(value)) != tuple(np.atleast_1d(fields[name]))
+    }
+    if contradicting:
+        described = ", ".join(
+            f"{name}={ours!r} (the file: {theirs!r})" for name, (ours, theirs) in contradicting.items()
+        )
+        raise ValueError(
+            f"config for the MaskGIT-VQGAN {path!r} says {described}; drop those fields, which the file fixes."
+        )
+    return vqgan_tokenizer({**fields, **overrides})
+
+
+def exported_model(path: str | os.PathLike, config: Any = None) -> TokenizerModel:
+    """The model of a bundle, hub directory or VQGAN file, from its config or shapes alone (no weights read;
+    `config`: a VQGAN's overrides, see vqgan_overrides)."""
     path = os.fspath(path)
+    if is_vqgan_checkpoint(path):
+        return vqgan_model(convert_vqgan.read_fields(path), config, path)
     if bundle_lib.is_bundle(path):
-        return titok_from_config(bundle_lib.read_header(path, kind="tokenizer")["model"])
+        return model_from_fields(bundle_lib.read_header(path, kind="tokenizer")["model"])
     config_path = os.path.join(path, convert_titok.CONFIG_NAME)
     return titok_from_config(
         convert_titok.fields_from_hub_config(convert_titok.read_hub_config(config_path), config_path)
@@ -88,11 +149,12 @@ def experiment_config(config: ml_collections.ConfigDict | str) -> ml_collections
     return configs.load_config(config) if isinstance(config, str) else config
 
 
-def model_of(path: str | os.PathLike, config: ml_collections.ConfigDict | str | None = None) -> TiTok:
-    """The TiTok of any tokenizer source without reading weights: an exported one from its own config,
-    a training workdir (or a path still to be trained) from `config`'s model."""
+def model_of(path: str | os.PathLike, config: ml_collections.ConfigDict | str | None = None) -> TokenizerModel:
+    """The tokenizer model of any source without reading weights: an exported one from its own config (a
+    VQGAN file from its shapes, at `config`'s image size), a training workdir (or a path still to be trained)
+    from `config`'s model."""
     if is_exported_tokenizer(path):
-        return exported_model(path)
+        return exported_model(path, config if is_vqgan_checkpoint(path) else None)
     if config is None:
         raise ValueError(
             f"{os.fspath(path)!r} is not an exported tokenizer (titok_jax bundle or official hub directory); "
@@ -130,14 +192,20 @@ def restore_workdir(
 
 
 def load_model_and_variables(
-    path: str | os.PathLike, config: str | os.PathLike | None = None
-) -> tuple[TiTok, dict[str, Any], dict[str, Any]]:
-    """(model, {"params": host arrays}, metadata) of a bundle, a hub directory, or a weights file + `config`."""
+    path: str | os.PathLike, config: Any = None
+) -> tuple[TokenizerModel, dict[str, Any], dict[str, Any]]:
+    """(model, {"params": host arrays}, metadata) of a bundle, a hub directory, a MaskGIT-VQGAN file (+ its
+    overrides, see vqgan_overrides), or a weights file + `config`."""
     path = os.fspath(path)
+    if not _names_weights_config(config) and is_vqgan_checkpoint(path):
+        fields, variables = convert_vqgan.load_vqgan_file(path)
+        model = vqgan_model(fields, config, path)
+        check_tree_matches(variables["params"], expected_params(model), f"MaskGIT-VQGAN {path!r}")
+        return model, {"params": variables["params"]}, {"source": path, "variant": "maskgit_vqgan"}
     if os.path.isdir(path) and bundle_lib.is_bundle(path):
         loaded = bundle_lib.load_bundle(path, kind="tokenizer")
-        model = titok_from_config(loaded.model)
-        check_tree_matches(loaded.variables["params"], convert_titok.expected_params(model), f"Bundle {path!r}")
+        model = model_from_fields(loaded.model)
+        check_tree_matches(loaded.variables["params"], expected_params(model), f"Bundle {path!r}")
         return model, loaded.variables, loaded.metadata
     if os.path.isdir(path) and convert_titok.is_hub_directory(path) and not _names_weights_config(config):
         model, variables = convert_titok.load_hub_tokenizer(path)
@@ -167,6 +235,28 @@ def load_model_and_variables(
     )
 
 
+def model_from_fields(fields: Any) -> TokenizerModel:
+    """The model of a bundle header's fields: a VQGAN's carry architecture "maskgit_vqgan", a TiTok's none."""
+    if fields.get("architecture") == VQGAN_ARCHITECTURE:
+        return vqgan_tokenizer({name: value for name, value in fields.items() if name != "architecture"})
+    return titok_from_config(fields)
+
+
+def model_fields(model: TokenizerModel) -> dict[str, Any]:
+    """What `model_from_fields` rebuilds `model` from (a bundle's header)."""
+    if isinstance(model, VQGANTokenizer):
+        return {"architecture": VQGAN_ARCHITECTURE, **tokenizer_fields(model)}
+    return convert_titok.model_fields(model)
+
+
+def expected_params(model: TokenizerModel) -> Any:
+    """The abstract params (shapes) of `model`, to check a loaded tree against."""
+    if isinstance(model, TiTok):
+        return convert_titok.expected_params(model)
+    images = jax.ShapeDtypeStruct((1, *model.image_shape), jnp.float32)
+    return nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), images))["params"]
+
+
 def _names_weights_config(config: Any) -> bool:
     """Whether `config` is a weights file's config (config.json / official .yaml), not an experiment config."""
     return isinstance(config, str | os.PathLike) and os.fspath(config).endswith((".json", ".yaml", ".yml"))
@@ -177,9 +267,12 @@ def _names_experiment_config(config: Any) -> bool:
 
 
 class Tokenizer:
-    """A frozen TiTok with its weights, replicated over this process's devices (a data-parallel mesh)."""
+    """A frozen TiTok (or MaskGIT-VQGAN) with its weights, replicated over this process's devices (a
+    data-parallel mesh)."""
 
-    def __init__(self, model: TiTok, variables: Any, source: str = "", metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, model: TokenizerModel, variables: Any, source: str = "", metadata: dict[str, Any] | None = None
+    ) -> None:
         self.model = model
         self.source = source
         self.metadata = dict(metadata or {})
@@ -190,7 +283,9 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str | os.PathLike, config: Any = None) -> Tokenizer:
         """From a training workdir + its experiment config (ConfigDict or `file.py[:arg]`), a bundle directory,
-        an official hub directory, or a weights file + `config` (config.json / official infer .yaml)."""
+        an official hub directory, a weights file + `config` (config.json / official infer .yaml), or a
+        MaskGIT-VQGAN file (.bin port or flax msgpack; `config` None for 256 px, {"image_size": S}, or an
+        experiment config whose data.image_size it reads)."""
         model, variables, metadata = load_model_and_variables(path, config)
         return cls(model, variables, source=os.fspath(path), metadata=metadata)
 
@@ -217,7 +312,9 @@ class Tokenizer:
             "codebook_size": int(self.model.codebook_size),
         }
         if self.model.quantize_mode == "vq":
-            codebook = np.asarray(jax.device_get(self.variables["params"]["quantize"]["codebook"]), np.float32)
+            # TiTok's VQ codebook lives at quantize/codebook, the VQGAN's at quantizer/codebook.
+            quantizer = "quantizer" if isinstance(self.model, VQGANTokenizer) else "quantize"
+            codebook = np.asarray(jax.device_get(self.variables["params"][quantizer]["codebook"]), np.float32)
             identity["codebook_sha256"] = hashlib.sha256(codebook.tobytes()).hexdigest()
         elif self.model.quantize_mode != "vae":  # lookup-free: the quantizer's fields are its codebook
             described = f"{self.model.quantize_mode}:{tuple(self.model.fsq_levels)}:{self.model.token_size}"
@@ -241,6 +338,8 @@ class Tokenizer:
             quantizer = f"{mode.upper()} {model.token_size} bits ({model.codebook_size} codes)"
         step = f", checkpoint step {self.metadata['step']}" if self.metadata.get("step") is not None else ""
         stage = "" if model.decodes_to_pixels else ", stage 1: decodes to proxy codes, not pixels"
+        if isinstance(model, VQGANTokenizer):
+            stage = f", MaskGIT-VQGAN: a {model.grid_size}x{model.grid_size} grid in raster order"
         return (
             f"Tokenizer({self.source!r}{step}: {self.image_size}x{self.image_size} px -> {self.num_tokens} tokens, "
             f"{quantizer}{stage})"
@@ -353,6 +452,8 @@ class Tokenizer:
         tokens = np.asarray(tokens)
         if self.model.quantize_mode != "vae" and tokens.ndim == 3 and tokens.shape[1] == 1:
             tokens = tokens[:, 0]  # the official (B, 1, K) layout
+        if isinstance(self.model, VQGANTokenizer) and tokens.ndim == 3:
+            tokens = tokens.reshape(tokens.shape[0], -1)  # the VQGAN's own (B, h, w) grid, read row by row
         length = tokens.shape[1] if tokens.ndim >= 2 else 0
         if 1 <= length < self.num_tokens and self.model.token_dropout == "none":
             raise ValueError(
@@ -418,8 +519,8 @@ def save_bundle(
 ) -> str:
     """A titok_jax tokenizer bundle (fields + weights in the unscanned interchange layout)."""
     variables = {"params": unscanned_params(tokenizer)}
-    model = tokenizer.model.clone(scan_layers=False)
+    model = tokenizer.model if isinstance(tokenizer.model, VQGANTokenizer) else tokenizer.model.clone(scan_layers=False)
     return bundle_lib.save_bundle(
-        output, "tokenizer", convert_titok.model_fields(model), variables, params_dtype=dtype,
+        output, "tokenizer", model_fields(model), variables, params_dtype=dtype,
         metadata={**tokenizer.metadata, **(metadata or {})}, overwrite=overwrite,
     )  # fmt: skip
