@@ -14,6 +14,10 @@ so that Generator.generate(num_tokens=k) samples k < K; "none" (the default) is 
 Set --config.tokenizer.workdir to the tokenizer's training workdir and --config.tokens_dir to
 its pretokenized shards (`python -m titok_jax.pretokenize`); an empty tokens_dir tokenizes
 config.data's images on the fly. Sampling settings are the official ones of each model.
+
+Over the MaskGIT-VQGAN's raster-order codes (the official RAR's tokenizer; the file is its own config):
+--config.tokenizer.workdir=/data/maskgit-vqgan-imagenet-f16-256.bin --config.tokenizer.config=
+--config.model.codebook_size=1024 --config.model.num_tokens=256 --config.data.image_size=256.
 """
 
 import os

@@ -251,11 +251,10 @@ def run(config: None, options: Options) -> dict[str, str]:
     del config
     from absl import app
 
-    from titok_jax.models.vqgan import VQGAN, VQGAN_FIELDS
-
     if not is_torch_file(options.checkpoint):
         raise app.UsageError("--checkpoint must be the PyTorch port (.bin/.pth/.pt/.safetensors).")
-    variables = load_vqgan_variables(options.checkpoint, {name: getattr(VQGAN, name) for name in VQGAN_FIELDS})
+    # Sized off the file (the official one is the full MaskGIT VQGAN; smaller ports convert as they are).
+    _, variables = load_vqgan_file(options.checkpoint)
     tree = {"params": tl.unflatten(tl.flatten(variables["params"]))}
     with atomic_write(options.output) as f:
         f.write(flax.serialization.msgpack_serialize(tree))

@@ -35,10 +35,10 @@ from titok_jax.convert import generator as convert_generator
 from titok_jax.inference import bundle as bundle_lib
 from titok_jax.inference import hub, restore
 from titok_jax.inference import tokenizer as tokenizer_lib
-from titok_jax.inference.tokenizer import Tokenizer
+from titok_jax.inference.tokenizer import Tokenizer, TokenizerModel
 from titok_jax.models.generators import GeneratorModel, generator_fields, generator_from_config, is_autoregressive
 from titok_jax.models.rar import RAR
-from titok_jax.models.titok import TiTok
+from titok_jax.models.vqgan_tokenizer import VQGANTokenizer
 from titok_jax.sampling import SamplingSettings
 from titok_jax.trees import check_tree_matches
 
@@ -112,7 +112,7 @@ def sample_tokens(
 def generate_batch(
     model: GeneratorModel,
     settings: Settings,
-    tokenizer: TiTok,
+    tokenizer: TokenizerModel,
     variables: Any,
     tokenizer_variables: Any,
     class_ids: jax.Array,
@@ -182,7 +182,7 @@ def load_model_and_variables(
         metadata = {"source": path, "step": restored.step, "variant": config.get("variant", "")}
         if not is_autoregressive(model):  # what prefixes it trained on (runs recorded before: none)
             metadata[PREFIX_LENGTHS_KEY] = config.get("prefix_lengths", "none")
-        tokenizer = WorkdirTokenizer(config.tokenizer.workdir, _tokenizer_config(config.tokenizer))
+        tokenizer = WorkdirTokenizer(config.tokenizer.workdir, _tokenizer_config(config))
         if on_mesh:
             return LoadedGenerator(model, restored.variables, metadata, config.sampling, tokenizer, mesh)
         return LoadedGenerator(model, sh.to_host(restored.variables), metadata, config.sampling, tokenizer)
@@ -222,9 +222,15 @@ class Generator:
                 f"{tokenizer.source!r} has {tokenizer.codebook_size} codes: pass the tokenizer it was trained on."
             )
         if tokenizer.num_tokens != model.num_tokens:
+            # A VQGAN's token count is its grid's: the image size picks it, which its file does not record.
+            hint = (
+                " (a MaskGIT-VQGAN makes (S/16)^2 tokens at S px: load it with config={'image_size': S})"
+                if isinstance(tokenizer.model, VQGANTokenizer)
+                else ""
+            )
             raise ValueError(
                 f"Generator {source!r} models {model.num_tokens} tokens, tokenizer {tokenizer.source!r} makes "
-                f"{tokenizer.num_tokens}: pass the tokenizer it was trained on."
+                f"{tokenizer.num_tokens}: pass the tokenizer it was trained on{hint}."
             )
         self.model = model
         self.tokenizer = tokenizer
@@ -405,6 +411,10 @@ def _tokenizer(tokenizer: Tokenizer | WorkdirTokenizer | str) -> Tokenizer:
     return tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
 
 
-def _tokenizer_config(tokenizer: ml_collections.ConfigDict) -> str | None:
-    """A generator config's tokenizer.config, unless tokenizer.workdir is exported (it carries its own)."""
-    return None if tokenizer_lib.is_exported_tokenizer(tokenizer.workdir) else tokenizer.config
+def _tokenizer_config(config: ml_collections.ConfigDict) -> Any:
+    """A generator config's tokenizer.config, unless tokenizer.workdir is exported (it carries its own); a
+    MaskGIT-VQGAN file tokenizes images of the data's size (it is fully convolutional)."""
+    workdir = config.tokenizer.workdir
+    if tokenizer_lib.is_vqgan_checkpoint(workdir):
+        return tokenizer_lib.vqgan_overrides(config)
+    return None if tokenizer_lib.is_exported_tokenizer(workdir) else config.tokenizer.config

@@ -32,10 +32,11 @@ from titok_jax.data import pipeline
 from titok_jax.data import tokens as token_data
 from titok_jax.inference import generator as generator_lib
 from titok_jax.inference import tokenizer as tokenizer_lib
-from titok_jax.inference.tokenizer import Tokenizer
+from titok_jax.inference.tokenizer import Tokenizer, TokenizerModel
 from titok_jax.models import resize
 from titok_jax.models.maskgit import MaskGITBert, MaskGITUViT, maskgit_from_config, resolve_prefix_lengths
-from titok_jax.models.titok import TiTok, draw_num_kept, titok_from_config
+from titok_jax.models.titok import draw_num_kept, titok_from_config
+from titok_jax.models.vqgan_tokenizer import vqgan_tokenizer
 from titok_jax.recipes import generation_eval, init_from
 from titok_jax.sampling import SamplingSettings
 from titok_jax.train import masking
@@ -43,6 +44,8 @@ from titok_jax.train.loop import Plan
 from titok_jax.train.state import TrainState
 
 ARTIFACT = recipes.GENERATOR
+# The file names a MaskGIT-VQGAN tokenizer comes as (the PyTorch port, its safetensors, the flax msgpack).
+VQGAN_SUFFIXES = (".bin", ".pth", ".pt", ".safetensors", ".msgpack")
 
 # The sample grid written every sample_every steps: up to this many classes x this many samples.
 GRID_CLASSES = 8
@@ -54,7 +57,7 @@ class MaskGITRecipe:
     grid_name: ClassVar[str] = "samples"
     phases: ClassVar[tuple[Hashable, ...]] = (False,)
     model: MaskGITBert | MaskGITUViT
-    tokenizer: TiTok
+    tokenizer: TokenizerModel  # a TiTok or the MaskGIT-VQGAN
     optimizer: optax.GradientTransformation
     learning_rate: optax.Schedule
     seed: int
@@ -175,15 +178,25 @@ def tokenizer_config(config: ml_collections.ConfigDict) -> ml_collections.Config
     return configs.load_config(config.tokenizer.config)
 
 
-def _tokenizer_source(config: ml_collections.ConfigDict) -> tuple[str, ml_collections.ConfigDict | None]:
-    """(tokenizer path, its experiment config or None when the path is an exported tokenizer)."""
+def _tokenizer_source(config: ml_collections.ConfigDict) -> tuple[str, Any]:
+    """(tokenizer path, its experiment config; None when the path is an exported tokenizer; for a
+    MaskGIT-VQGAN file the image size it tokenizes: the data's, as the VQGAN is fully convolutional)."""
     workdir = config.tokenizer.workdir
+    if workdir and tokenizer_lib.is_vqgan_checkpoint(workdir):
+        return workdir, tokenizer_lib.vqgan_overrides(config)
     if workdir and tokenizer_lib.is_exported_tokenizer(workdir):
         return workdir, None
     if not config.tokenizer.config:
+        if workdir and workdir.lower().endswith(VQGAN_SUFFIXES) and not os.path.exists(workdir):
+            raise ValueError(
+                f"config.tokenizer.workdir={workdir!r} does not exist: download the MaskGIT-VQGAN "
+                "(maskgit-vqgan-imagenet-f16-256.bin, HF fun-research/TiTok) and set --config.tokenizer.workdir to "
+                "its path (or to its msgpack from python -m titok_jax.convert.vqgan)."
+            )
         raise ValueError(
             "config.tokenizer.config must name the tokenizer's experiment config (file.py[:variant]), unless "
-            "config.tokenizer.workdir is an exported tokenizer (titok_jax bundle or official hub directory)."
+            "config.tokenizer.workdir is an exported tokenizer (titok_jax bundle, official hub directory, or the "
+            "MaskGIT-VQGAN's .bin / msgpack)."
         )
     return workdir, tokenizer_config(config)
 
@@ -199,7 +212,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     resolve_prefix_lengths(config.get("prefix_lengths", "none"), tok.token_dropout, f"tokenizer {source!r}")
 
 
-def validate_against_tokenizer(config: ml_collections.ConfigDict, model: Any) -> TiTok:
+def validate_against_tokenizer(config: ml_collections.ConfigDict, model: Any) -> TokenizerModel:
     """Checks shared by the token generators (MaskGIT, RAR): class dropout, in-training evaluation, and that the
     tokenizer (and the token shards, when given) produce the codes `model` models. Reads no weights; returns
     the tokenizer's model."""
@@ -208,10 +221,12 @@ def validate_against_tokenizer(config: ml_collections.ConfigDict, model: Any) ->
     if "evaluation" in config:  # runs recorded before in-training gFID have none
         generation_eval.validate(config.evaluation)
     workdir, tok_config = _tokenizer_source(config)
-    if tok_config is not None:
+    if isinstance(tok_config, ml_collections.ConfigDict):  # a training workdir's experiment config
         recipes.validate(tok_config)
     tok = tokenizer_lib.model_of(workdir, tok_config)
-    source = config.tokenizer.config or config.tokenizer.workdir
+    # A VQGAN file is its own config (a leftover tokenizer.config spec is not what was read).
+    vqgan = tokenizer_lib.is_vqgan_checkpoint(workdir)
+    source = workdir if vqgan else config.tokenizer.config or config.tokenizer.workdir
     if tok.quantize_mode == "vae":
         raise ValueError(f"The generator models discrete codes; tokenizer {source!r} is a VAE.")
     for ours, theirs, what in (
@@ -283,7 +298,7 @@ def build_with(
 ) -> tuple[Any, dict[str, Any]]:
     """(make_recipe(tokenizer model), {"tokenizer": its params}) for any token generator recipe."""
     if random_frozen:
-        tokenizer = titok_from_config(tokenizer_config(config).model)
+        tokenizer = _random_tokenizer_model(config)
         images = jnp.zeros((1, *tokenizer.image_shape), jnp.float32)
         import flax.linen as nn
 
@@ -293,6 +308,17 @@ def build_with(
     if config.tokens_dir:
         check_tokens_match(config.tokens_dir, tokenizer.identity())
     return make_recipe(tokenizer.model), {"tokenizer": tokenizer.host_variables()}
+
+
+def _random_tokenizer_model(config: ml_collections.ConfigDict) -> TokenizerModel:
+    """The tokenizer model to draw random weights for: a MaskGIT-VQGAN named by path without an experiment
+    config is sized off its file, or is the official one when the file is absent (only shapes matter)."""
+    workdir = config.tokenizer.workdir
+    if not config.tokenizer.config and workdir and workdir.lower().endswith(VQGAN_SUFFIXES):
+        if tokenizer_lib.is_vqgan_checkpoint(workdir):
+            return tokenizer_lib.model_of(workdir, tokenizer_lib.vqgan_overrides(config))
+        return vqgan_tokenizer(tokenizer_lib.vqgan_overrides(config))
+    return titok_from_config(tokenizer_config(config).model)
 
 
 def recipe_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -308,7 +334,7 @@ def recipe_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
     )
 
 
-def _recipe(config: ml_collections.ConfigDict, model: Any, tokenizer: TiTok) -> MaskGITRecipe:
+def _recipe(config: ml_collections.ConfigDict, model: Any, tokenizer: TokenizerModel) -> MaskGITRecipe:
     return MaskGITRecipe(
         model=model,
         tokenizer=tokenizer,

@@ -25,9 +25,9 @@ import optax
 
 from titok_jax import recipes
 from titok_jax.ar_sampling import ARSamplingSettings
+from titok_jax.inference.tokenizer import TokenizerModel
 from titok_jax.models import resize
 from titok_jax.models.rar import RAR, permute, rar_from_config
-from titok_jax.models.titok import TiTok
 from titok_jax.recipes import init_from
 from titok_jax.recipes import maskgit as token_generator
 from titok_jax.train.loop import Plan
@@ -99,7 +99,7 @@ def build(config: ml_collections.ConfigDict, random_frozen: bool = False) -> tup
     return token_generator.build_with(config, make_recipe, random_frozen)
 
 
-def _recipe(config: ml_collections.ConfigDict, model: RAR, tokenizer: TiTok) -> RARRecipe:
+def _recipe(config: ml_collections.ConfigDict, model: RAR, tokenizer: TokenizerModel) -> RARRecipe:
     return RARRecipe(
         model=model,
         tokenizer=tokenizer,
