@@ -178,3 +178,14 @@ def test_rar_published_sizes_default_to_the_vqgan():
         recipes.validate(config)
     other = configs.load_config(f"{RAR_GENERATOR}:l,tokenizer=titok_two_stage.py:l32,stage=2")
     assert other.tokenizer.config.endswith("titok_two_stage.py:l32,stage=2") and other.model.num_tokens == 32
+
+
+def test_benchmarks_size_it_off_the_file_with_random_weights(vqgan, shards):
+    """random_frozen (benchmark / memory): the VQGAN's shapes from its file, weights drawn, nothing read."""
+    from train_helpers import build_recipe
+
+    _, _, port, _ = vqgan
+    _, tokens_dir, _ = shards
+    recipe, frozen = build_recipe(_rar_config(port, tokens_dir), random_frozen=True)
+    assert type(recipe.tokenizer).__name__ == "VQGANTokenizer" and recipe.tokenizer.num_latent_tokens == NUM_TOKENS
+    assert frozen["tokenizer"]["params"]["quantizer"]["codebook"].shape == (128, 32)
