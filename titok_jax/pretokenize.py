@@ -3,8 +3,9 @@ r"""Pretokenize a data set with a trained TiTok (VQ) tokenizer, for generator tr
   python -m titok_jax.pretokenize --config=experiments/titok_single_stage.py:tiny_vq \
       --tokenizer=/tmp/titok_tiny --output=/tmp/titok_tiny_tokens [--flip | --ten_crop] [--split=train]
 
---tokenizer is the tokenizer's training workdir (read with --config) or an exported tokenizer; the images
-come from --config's data. The views and the shard layout are described in titok_jax/inference/pretokenize.py.
+--tokenizer is the tokenizer's training workdir (read with --config), an exported tokenizer, or the
+MaskGIT-VQGAN's file (maskgit-vqgan-imagenet-f16-256.bin or its msgpack: raster-order codes at --config's
+data.image_size); the images come from --config's data. The views and the shard layout are described in titok_jax/inference/pretokenize.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from titok_jax.tasks.runs import checked
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    tokenizer: str = cli.option(None, "The tokenizer's training workdir (or an exported tokenizer).", required=True)
+    tokenizer: str = cli.option(
+        None,
+        "The tokenizer's training workdir (or an exported tokenizer, or the MaskGIT-VQGAN's .bin / msgpack).",
+        required=True,
+    )
     output: str = cli.option(None, "Directory for the token shards.", required=True)
     split: str = cli.option("train", "Which split of config.data.", choices=("train", "eval"))
     flip: bool = cli.option(False, "Also store the tokens of the horizontally mirrored center crop.")

@@ -1,5 +1,5 @@
-r"""Pretokenize a data set with a trained TiTok (VQ) tokenizer, for generator training
-(`python -m titok_jax.pretokenize`).
+r"""Pretokenize a data set with a trained TiTok (VQ) tokenizer or the MaskGIT-VQGAN (its .bin / msgpack: the
+official RAR's tokenizer, at config.data.image_size), for generator training (`python -m titok_jax.pretokenize`).
 
 Views per image, as the official script offers: the center crop (shorter side to size);
 `--flip` adds the mirrored center crop; `--ten_crop` stores torchvision's TenCrop of a

@@ -1,5 +1,5 @@
 """The MaskGIT recipe (config.recipe "maskgit"; "generator" is its deprecated name): class-conditional
-masked-token modelling over a frozen TiTok's codes.
+masked-token modelling over a frozen tokenizer's codes (a TiTok's, or the MaskGIT-VQGAN's raster-order grid).
 
 Runs on the shared driver loop and `train.step.train_step` (no GAN, no codebook
 statistics). A step masks round(K * arccos(t) / (pi / 2)) tokens per example,
