@@ -20,7 +20,7 @@ class _ClassColourGenerator:
     def __init__(self):
         self.metadata = {"step": 7}
 
-    def generate(self, class_ids, seed=0, batch_size=64, progress=False):
+    def generate(self, class_ids, seed=0, batch_size=64, progress=False, num_tokens=None):
         levels = (20 * np.asarray(class_ids) + 10).astype(np.uint8)
         samples = np.broadcast_to(levels[:, None, None, None], (len(class_ids), 32, 32, 3)).copy()
         return samples, np.zeros((len(class_ids), 4), np.int32)
