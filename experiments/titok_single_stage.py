@@ -79,6 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         remat_policy="none",  # none | full | dots: activation rematerialisation of the ViT blocks
         scan_layers=False,  # nn.scan over the ViT blocks: faster compiles, params stacked (exports unstack)
         token_dropout="uniform" if arg.variant.endswith("_nested") else "none",  # variable-length tokens
+        token_dropout_rate=1.0,  # with token_dropout: the share of training images that drop their tail
         causal_latents=False,  # with token_dropout: latent i sees the image and latents <= i only
     )
     if encoder_size is None and quantize_mode == "vq":

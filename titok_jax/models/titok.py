@@ -61,15 +61,20 @@ def powers_of_two_up_to(num_tokens: int) -> tuple[int, ...]:
     return tuple(sorted({min(2**i, num_tokens) for i in range(int(np.ceil(np.log2(num_tokens))) + 1)}))
 
 
-def draw_num_kept(rng: jax.Array, batch: int, num_tokens: int, distribution: str) -> jax.Array:
+def draw_num_kept(rng: jax.Array, batch: int, num_tokens: int, distribution: str, rate: float = 1.0) -> jax.Array:
     """(batch,) int32 token counts to keep: uniform over 1..K, or uniform over the powers of two 1, 2, .., K
-    (and K itself when K is not a power of two)."""
+    (and K itself when K is not a power of two); with `rate` < 1 only that share of the images draws, the
+    others keep all K."""
     if distribution == "uniform":
-        return jax.random.randint(rng, (batch,), 1, num_tokens + 1, jnp.int32)
-    if distribution == "pow2":
-        counts = powers_of_two_up_to(num_tokens)
-        return jnp.asarray(counts, jnp.int32)[jax.random.randint(rng, (batch,), 0, len(counts))]
-    raise ValueError(f"token_dropout={distribution!r} draws no counts; one of {TOKEN_DROPOUTS[1:]}.")
+        counts = jax.random.randint(rng, (batch,), 1, num_tokens + 1, jnp.int32)
+    elif distribution == "pow2":
+        choices = powers_of_two_up_to(num_tokens)
+        counts = jnp.asarray(choices, jnp.int32)[jax.random.randint(rng, (batch,), 0, len(choices))]
+    else:
+        raise ValueError(f"token_dropout={distribution!r} draws no counts; one of {TOKEN_DROPOUTS[1:]}.")
+    if rate >= 1.0:
+        return counts
+    return jnp.where(jax.random.bernoulli(jax.random.fold_in(rng, 1), rate, (batch,)), counts, num_tokens)
 
 
 def quantizer_fields(mode: str, bits: int, group_size: int = 0) -> dict[str, Any]:
@@ -328,6 +333,9 @@ class TiTok(nn.Module):
     # ..., K). The dropped positions are a learned vector (`latent_mask_vector`), so any prefix decodes and shapes
     # stay static under jit.
     token_dropout: str = "none"
+    # With token_dropout: the share of training images that drop their tail; the others keep all K tokens, so
+    # the full-length code keeps the training signal of a tokenizer without dropout (training only).
+    token_dropout_rate: float = 1.0
     # With token_dropout: a causal mask among the latents in the encoder (token i sees the image and tokens <= i,
     # and the image sees no latent), so a prefix's tokens do not depend on the tokens after it.
     causal_latents: bool = False
@@ -568,6 +576,8 @@ def validate_fields(model: TiTok) -> None:
             problems.append(f"{part}_width={width} is not divisible by {part}_num_heads={heads}")
     if model.token_dropout not in TOKEN_DROPOUTS:
         problems.append(f"token_dropout={model.token_dropout!r} is not one of {TOKEN_DROPOUTS}")
+    if not 0.0 < model.token_dropout_rate <= 1.0:
+        problems.append(f"token_dropout_rate={model.token_dropout_rate} must be in (0, 1]")
     if model.causal_latents and model.token_dropout == "none":
         problems.append("causal_latents is for variable-length tokenizers: set token_dropout (uniform or pow2)")
     if model.token_dropout != "none" and model.legacy_two_stage:

@@ -311,9 +311,11 @@ class PixelRecipe(TokenizerRecipe):
             latents = jax.lax.stop_gradient(latents)
             info = {k: jax.lax.stop_gradient(v) for k, v in info.items()}
         if self.model.token_dropout != "none":  # nested dropout: each image keeps its first k tokens
+            model = self.model
             num_kept = draw_num_kept(
-                jax.random.fold_in(rng, 1), images.shape[0], self.model.num_latent_tokens, self.model.token_dropout
-            )
+                jax.random.fold_in(rng, 1), images.shape[0], model.num_latent_tokens, model.token_dropout,
+                model.token_dropout_rate,
+            )  # fmt: skip
             latents = self.model.apply(params, latents, num_kept, method=TiTok.keep_prefix)
         decoded = self.model.apply(params, latents, method=TiTok.decode)
         reconstruction = losses.reconstruction_l2(decoded, images)

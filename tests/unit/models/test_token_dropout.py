@@ -66,6 +66,10 @@ def test_kept_counts_follow_the_distributions():
     pow2 = np.asarray(draw_num_kept(jax.random.PRNGKey(0), 4000, 16, "pow2"))
     assert set(np.unique(pow2)) == {1, 2, 4, 8, 16}
     assert set(np.unique(np.asarray(draw_num_kept(jax.random.PRNGKey(1), 4000, 12, "pow2")))) == {1, 2, 4, 8, 12}
+    # token_dropout_rate 0.5: half the images keep all 16, the other half draw (1/16 of those also 16).
+    half = np.asarray(draw_num_kept(jax.random.PRNGKey(2), 4000, 16, "uniform", rate=0.5))
+    assert abs(np.mean(half == 16) - (0.5 + 0.5 / 16)) < 0.03  # binomial sd 0.008
+    assert abs(np.mean(half) - (0.5 * 16 + 0.5 * 8.5)) < 0.3
 
 
 def test_one_compiled_step_serves_every_k():
