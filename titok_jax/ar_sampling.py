@@ -93,6 +93,19 @@ def _guide(settings: ARSamplingSettings, scales: jax.Array, step: jax.Array, log
     return uncond + scales[step] * (cond - uncond)
 
 
+def _rows(settings: ARSamplingSettings, class_ids: jax.Array, num_tokens: int, null_class: int):
+    """(g_t for every step, the class of every row the model runs: the null class appended when guided)."""
+    scales = jnp.asarray(guidance_scales(num_tokens, settings.guidance_scale, settings.guidance_power))
+    if not settings.guided:
+        return scales, class_ids
+    return scales, jnp.concatenate([class_ids, jnp.full_like(class_ids, null_class)])
+
+
+def _next_token(settings, scales, step, logits, batch, rng) -> jax.Array:
+    """Token `step` (B,) from the logits of every row: guided, filtered, drawn with fold_in(rng, step)."""
+    return _draw(settings, _guide(settings, scales, step, logits, batch), jax.random.fold_in(rng, step))
+
+
 def sample_cached(
     settings: ARSamplingSettings,
     prefill_fn: PrefillFn,
@@ -108,12 +121,9 @@ def sample_cached(
     """Token ids (B, stop_after or num_tokens) for class_ids (B,) with a K/V cache (for 2B rows when guided)."""
     length = num_tokens if stop_after is None else stop_after
     batch = class_ids.shape[0]
-    scales = jnp.asarray(guidance_scales(num_tokens, settings.guidance_scale, settings.guidance_power))
-    classes = class_ids
-    if settings.guided:
-        classes = jnp.concatenate([class_ids, jnp.full_like(class_ids, null_class)])
+    scales, classes = _rows(settings, class_ids, num_tokens, null_class)
     logits, cache = prefill_fn(classes, cache)
-    first = _draw(settings, _guide(settings, scales, 0, logits, batch), jax.random.fold_in(rng, 0))
+    first = _next_token(settings, scales, 0, logits, batch, rng)
     ids = jnp.zeros((batch, length), jnp.int32).at[:, 0].set(first)
 
     def body(step, carry):
@@ -121,7 +131,7 @@ def sample_cached(
         previous = ids[:, step - 1]
         fed = jnp.concatenate([previous, previous]) if settings.guided else previous
         logits, cache = step_fn(fed, step, classes, cache)
-        token = _draw(settings, _guide(settings, scales, step, logits, batch), jax.random.fold_in(rng, step))
+        token = _next_token(settings, scales, step, logits, batch, rng)
         return ids.at[:, step].set(token), cache
 
     ids, _ = jax.lax.fori_loop(1, length, body, (ids, cache))
@@ -142,15 +152,12 @@ def sample_uncached(
     not-yet-sampled ones out)."""
     length = num_tokens if stop_after is None else stop_after
     batch = class_ids.shape[0]
-    scales = jnp.asarray(guidance_scales(num_tokens, settings.guidance_scale, settings.guidance_power))
-    classes = class_ids
-    if settings.guided:
-        classes = jnp.concatenate([class_ids, jnp.full_like(class_ids, null_class)])
+    scales, classes = _rows(settings, class_ids, num_tokens, null_class)
 
     def body(step, ids):
         fed = jnp.concatenate([ids, ids]) if settings.guided else ids
         logits = jax.lax.dynamic_index_in_dim(logits_fn(fed, classes), step, axis=1, keepdims=False)
-        token = _draw(settings, _guide(settings, scales, step, logits, batch), jax.random.fold_in(rng, step))
+        token = _next_token(settings, scales, step, logits, batch, rng)
         return ids.at[:, step].set(token)
 
     ids = jax.lax.fori_loop(0, length, body, jnp.zeros((batch, num_tokens), jnp.int32))
