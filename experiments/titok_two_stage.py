@@ -66,6 +66,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dtype="float32",
         remat_policy="none",  # none | full | dots: activation rematerialisation of the ViT blocks
         scan_layers=False,  # nn.scan over the ViT blocks: faster compiles, params stacked (exports unstack)
+        # Variable-length tokens (docs/variable_length.md): none | uniform | pow2, in both stages alike (stage 2
+        # starts from stage 1's learned mask vector).
+        token_dropout="none",
+        token_dropout_rate=1.0,  # with token_dropout: the share of training images that drop their tail
+        causal_latents=False,  # with token_dropout: latent i sees the image and latents <= i only
         **titok.pixel_decoder_fields(teacher),
     )
     config.model = ml_collections.ConfigDict(model)

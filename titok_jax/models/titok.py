@@ -580,8 +580,6 @@ def validate_fields(model: TiTok) -> None:
         problems.append(f"token_dropout_rate={model.token_dropout_rate} must be in (0, 1]")
     if model.causal_latents and model.token_dropout == "none":
         problems.append("causal_latents is for variable-length tokenizers: set token_dropout (uniform or pow2)")
-    if model.token_dropout != "none" and model.legacy_two_stage:
-        problems.append("token_dropout trains single-stage tokenizers only so far (legacy_two_stage=False)")
     if model.remat_policy not in REMAT_POLICIES:
         problems.append(f"remat_policy={model.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
     if model.positional_init not in POSITIONAL_INITS:

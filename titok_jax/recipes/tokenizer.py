@@ -144,6 +144,22 @@ class TokenizerRecipe:
         return scalars, {"codebook_usage_histogram": images.usage_histogram(counts)[None]}
 
     # ---- losses ----------------------------------------------------------------
+    def drop_tails(self, params: Any, latents: jax.Array, rng: jax.Array) -> jax.Array:
+        """Nested dropout (model.token_dropout): each image keeps its first k tokens, k drawn per image from the
+        step's key; the rest become the mask vector. Latents pass unchanged without token dropout."""
+        model = self.model
+        if model.token_dropout == "none":
+            return latents
+        num_kept = draw_num_kept(
+            jax.random.fold_in(rng, 1), latents.shape[0], model.num_latent_tokens, model.token_dropout,
+            model.token_dropout_rate,
+        )  # fmt: skip
+        return model.apply(params, latents, num_kept, method=TiTok.keep_prefix)
+
+    def decode_to_pixels(self, params: Any, latents: jax.Array, frozen: dict[str, Any]) -> jax.Array:
+        """Latents (B, K, token_size) -> pixels clipped to [0, 1] (a stage-1 model renders its proxy codes)."""
+        return jnp.clip(self.model.apply(params, latents, method=TiTok.decode), 0.0, 1.0)
+
     def quantizer_terms(self, info: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Weighted quantizer (VQ) or KL (VAE) loss, and its metrics."""
         if self.model.quantize_mode == "vq":
@@ -193,8 +209,8 @@ class TokenizerRecipe:
             num_tokens = self.model.num_latent_tokens
             for k in powers_of_two_up_to(num_tokens):
                 kept = jnp.full((images.shape[0],), k, jnp.int32)
-                decoded = self.model.apply(state.ema_params, latents, kept, method=TiTok.decode_prefix)
-                decoded = jnp.clip(decoded, 0.0, 1.0)
+                prefix = self.model.apply(state.ema_params, latents, kept, method=TiTok.keep_prefix)
+                decoded = self.decode_to_pixels(state.ema_params, prefix, frozen)
                 scalars[f"ema_reconstruction_mse_k{k}"] = masked_mse(decoded)
                 if k < num_tokens:
                     rows.append(decoded[:8])
@@ -222,7 +238,8 @@ class Stage1Recipe(TokenizerRecipe):
         frozen = context
         images = batch["image"]
         codes = jax.lax.stop_gradient(self.teacher.apply(frozen["teacher"], images, method=VQGAN.encode))
-        logits, info = self.model.apply(params, images)
+        latents, info = self.model.apply(params, images, rngs={"noise": rng}, method=TiTok.encode)
+        logits = self.model.apply(params, self.drop_tails(params, latents, rng), method=TiTok.decode)
         cross_entropy = losses.proxy_code_cross_entropy(logits, codes)
         quantizer_loss, metrics = self.quantizer_terms(info)
         loss = cross_entropy + quantizer_loss
@@ -239,6 +256,9 @@ class Stage1Recipe(TokenizerRecipe):
     def reconstruct(self, params, images, frozen):
         logits, _ = self.model.apply(params, images)
         return self._render(logits, frozen)
+
+    def decode_to_pixels(self, params, latents, frozen):
+        return self._render(self.model.apply(params, latents, method=TiTok.decode), frozen)
 
 
 def render_proxy_codes(teacher_model: VQGAN, teacher_variables: Any, logits: jax.Array) -> jax.Array:
@@ -310,14 +330,7 @@ class PixelRecipe(TokenizerRecipe):
         if self.freeze_encoder:
             latents = jax.lax.stop_gradient(latents)
             info = {k: jax.lax.stop_gradient(v) for k, v in info.items()}
-        if self.model.token_dropout != "none":  # nested dropout: each image keeps its first k tokens
-            model = self.model
-            num_kept = draw_num_kept(
-                jax.random.fold_in(rng, 1), images.shape[0], model.num_latent_tokens, model.token_dropout,
-                model.token_dropout_rate,
-            )  # fmt: skip
-            latents = self.model.apply(params, latents, num_kept, method=TiTok.keep_prefix)
-        decoded = self.model.apply(params, latents, method=TiTok.decode)
+        decoded = self.model.apply(params, self.drop_tails(params, latents, rng), method=TiTok.decode)
         reconstruction = losses.reconstruction_l2(decoded, images)
         weights = self.loss_weights
         perceptual = jnp.zeros((), jnp.float32)
@@ -653,6 +666,11 @@ def evaluate_token_counts(
     images decoded at each; step) of a variable-length tokenizer workdir."""
     model = titok_from_config(config.model)
     check_prefix_lengths(model, token_counts, "--token_counts", allow_full=False)  # before any restore or compile
+    if not model.decodes_to_pixels:
+        raise ValueError(
+            "--token_counts scores pixels, and this two-stage stage-1 tokenizer decodes proxy codes: evaluate its "
+            "stage-2 run (its training grid already reports eval/ema_reconstruction_mse_k{k} through the teacher)."
+        )
     mesh = sh.make_mesh(**config.mesh)
     inception_vars, real = tokenizer_eval.load_inception(inception_weights)  # a bad file fails before the restore
     model, restored = tokenizer_lib.restore_workdir(workdir, config, mesh)
