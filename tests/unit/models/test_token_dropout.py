@@ -19,14 +19,14 @@ from titok_jax.train.step import train_step
 
 
 def _model_and_variables(mode: str, token_dropout: str = "uniform"):
-    config = tiny_config("single_stage:tiny_vq" if mode == "vq" else "single_stage:tiny_vae")
+    config = tiny_config(f"single_stage:tiny_{mode}")
     config.model.token_dropout = token_dropout
     model = titok_from_config(config.model)
     variables = nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
     return model, jax.device_get(variables)
 
 
-@pytest.mark.parametrize("mode", ["vq", "vae"])
+@pytest.mark.parametrize("mode", ["vq", "vae", "fsq", "lfq"])
 def test_a_prefix_decodes_as_the_full_sequence_with_the_rest_masked(mode):
     model, variables = _model_and_variables(mode)
     assert variables["params"]["latent_mask_vector"].shape == (model.token_size,)
