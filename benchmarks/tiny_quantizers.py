@@ -17,30 +17,17 @@ minutes per seed on 2 cores (docs/quantizers.md has the measured tables).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import pathlib
-import subprocess
 import sys
 
 import numpy as np
+from tiny_runs import REPO, TOKENIZERS, Results, run, train_tokenizer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from titok_jax.data import tokens as token_data  # noqa: E402
+from titok_jax.data import tokens as token_data
 
-TOKENIZERS = REPO / "experiments" / "titok_single_stage.py"
 GENERATOR = REPO / "experiments" / "maskgit_generator.py"
-
-
-def run(*args: str) -> dict:
-    """A README command on one CPU device -> its last stdout line (the run's final metrics)."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def per_position_mode_accuracy(tokens_dir: str) -> float:
@@ -53,11 +40,7 @@ def per_position_mode_accuracy(tokens_dir: str) -> float:
 
 def tokenizer_run(root: str, quantizer: str, seed: int) -> dict:
     workdir = os.path.join(root, f"tiny_{quantizer}_seed{seed}")
-    metrics = run(
-        "titok_jax.main", f"--config={TOKENIZERS}:tiny_{quantizer}", f"--workdir={workdir}", f"--config.seed={seed}"
-    )
-    if metrics.get("complete"):
-        raise SystemExit(f"{workdir} finished before without a results.json entry: delete it and rerun.")
+    metrics = train_tokenizer(workdir, f"tiny_{quantizer}", seed)
     return {
         "workdir": workdir,
         "heldout_mse": metrics["eval/ema_reconstruction_mse"],
@@ -97,16 +80,8 @@ def main() -> int:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     quantizers = args.quantizers.split(",")
-    os.makedirs(args.root, exist_ok=True)
-    results_path = os.path.join(args.root, "results.json")
-    results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
-
-    def remember(key: str, make) -> dict:
-        if key not in results:
-            results[key] = make()
-            with open(results_path, "w") as f:
-                json.dump(results, f, indent=2)
-        return results[key]
+    results = Results(args.root)
+    remember = results.remember
 
     for seed in seeds:
         for quantizer in quantizers:

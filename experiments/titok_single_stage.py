@@ -80,6 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         scan_layers=False,  # nn.scan over the ViT blocks: faster compiles, params stacked (exports unstack)
         token_dropout="uniform" if arg.variant.endswith("_nested") else "none",  # variable-length tokens
         token_dropout_rate=1.0,  # with token_dropout: the share of training images that drop their tail
+        token_dropout_full_pass=False,  # with token_dropout: decode all K tokens too; loss = full + weight x prefix
+        token_dropout_prefix_weight=1.0,
         causal_latents=False,  # with token_dropout: latent i sees the image and latents <= i only
     )
     if encoder_size is None and quantize_mode == "vq":
@@ -88,6 +90,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # before the decoder learns to read them, and held-out MSE never leaves the mean image
         # (0.084). l2-normalised codes with a light commitment reach 0.057 in the same run.
         model.update(use_l2_norm=True, commitment_cost=0.05)
+    if arg.variant.endswith("_nested"):
+        # Every image is decoded from all K tokens and from its first k, loss = full + 0.05 x prefix: with the
+        # prefixes as the only decode (FlexTok's form) the tiny run's full code is 2x worse than without dropout at
+        # this budget, and even 10% of images dropping their tail costs it 25-50% (docs/variable_length.md).
+        model.update(token_dropout_full_pass=True, token_dropout_prefix_weight=0.05)
     if encoder_size is None:
         # A random 3 -> 3 last conv makes the tiny decoder learn colour directions one at a time (grey-yellow
         # blobs for 2000 steps); starting it at identity lets the run go on to shapes (models.layers.pixel_conv_init).

@@ -70,6 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # starts from stage 1's learned mask vector).
         token_dropout="none",
         token_dropout_rate=1.0,  # with token_dropout: the share of training images that drop their tail
+        token_dropout_full_pass=False,  # with token_dropout: decode all K tokens too; loss = full + weight x prefix
+        token_dropout_prefix_weight=1.0,
         causal_latents=False,  # with token_dropout: latent i sees the image and latents <= i only
         **titok.pixel_decoder_fields(teacher),
     )

@@ -52,6 +52,13 @@ def test_stage1_learns_proxy_codes_from_each_images_prefix():
     full = losses.proxy_code_cross_entropy(recipe.model.apply(params, latents, method=TiTok.decode), codes)
     assert abs(float(full) - float(expected)) > 1e-5  # the dropped tails changed the loss
 
+    # token_dropout_full_pass: the full code's cross entropy plus the weighted prefix one, same draw of k.
+    config.model.update(token_dropout_full_pass=True, token_dropout_prefix_weight=0.3)
+    full_pass, _ = build_recipe(config, random_frozen=True)
+    _, (metrics, _) = full_pass.loss(params, {"image": images}, rng, {**frozen, "step": jnp.int32(0)})
+    np.testing.assert_allclose(float(metrics["prefix_proxy_cross_entropy"]), float(expected), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["proxy_cross_entropy"]), float(full + 0.3 * expected), rtol=1e-5)
+
 
 def test_stage1_grid_scores_every_prefix_through_the_teacher(stage1):
     _, _, metrics = stage1

@@ -336,6 +336,11 @@ class TiTok(nn.Module):
     # With token_dropout: the share of training images that drop their tail; the others keep all K tokens, so
     # the full-length code keeps the training signal of a tokenizer without dropout (training only).
     token_dropout_rate: float = 1.0
+    # With token_dropout: each training image is also decoded from all K tokens, and the reconstruction loss is
+    # that of the full code plus token_dropout_prefix_weight times that of the image's drawn prefix (Matryoshka
+    # style), so the full code is trained on every image and the prefixes ride along (training only).
+    token_dropout_full_pass: bool = False
+    token_dropout_prefix_weight: float = 1.0
     # With token_dropout: a causal mask among the latents in the encoder (token i sees the image and tokens <= i,
     # and the image sees no latent), so a prefix's tokens do not depend on the tokens after it.
     causal_latents: bool = False
@@ -578,6 +583,15 @@ def validate_fields(model: TiTok) -> None:
         problems.append(f"token_dropout={model.token_dropout!r} is not one of {TOKEN_DROPOUTS}")
     if not 0.0 < model.token_dropout_rate <= 1.0:
         problems.append(f"token_dropout_rate={model.token_dropout_rate} must be in (0, 1]")
+    if model.token_dropout_full_pass and model.token_dropout == "none":
+        problems.append("token_dropout_full_pass is for variable-length tokenizers: set token_dropout (uniform or pow2)")
+    if not model.token_dropout_prefix_weight > 0:
+        problems.append(f"token_dropout_prefix_weight={model.token_dropout_prefix_weight} must be positive")
+    elif model.token_dropout_prefix_weight != 1.0 and not model.token_dropout_full_pass:
+        problems.append(
+            f"token_dropout_prefix_weight={model.token_dropout_prefix_weight} weighs the prefix decode next to the "
+            "full one: set token_dropout_full_pass=True too"
+        )
     if model.causal_latents and model.token_dropout == "none":
         problems.append("causal_latents is for variable-length tokenizers: set token_dropout (uniform or pow2)")
     if model.remat_policy not in REMAT_POLICIES:

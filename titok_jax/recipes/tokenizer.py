@@ -156,6 +156,16 @@ class TokenizerRecipe:
         )  # fmt: skip
         return model.apply(params, latents, num_kept, method=TiTok.keep_prefix)
 
+    def decode_for_loss(self, params: Any, latents: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """The decoder's output for the loss -> (decoded, prefix_decoded). Token dropout decodes each image's
+        drawn prefix; with model.token_dropout_full_pass `decoded` is from all K tokens and `prefix_decoded` from
+        the prefix (one decoder call over both halves), else `prefix_decoded` is None."""
+        dropped = self.drop_tails(params, latents, rng)
+        if not self.model.token_dropout_full_pass:
+            return self.model.apply(params, dropped, method=TiTok.decode), None
+        both = self.model.apply(params, jnp.concatenate([latents, dropped], axis=0), method=TiTok.decode)
+        return both[: latents.shape[0]], both[latents.shape[0] :]
+
     def decode_to_pixels(self, params: Any, latents: jax.Array, frozen: dict[str, Any]) -> jax.Array:
         """Latents (B, K, token_size) -> pixels clipped to [0, 1] (a stage-1 model renders its proxy codes)."""
         return jnp.clip(self.model.apply(params, latents, method=TiTok.decode), 0.0, 1.0)
@@ -239,9 +249,13 @@ class Stage1Recipe(TokenizerRecipe):
         images = batch["image"]
         codes = jax.lax.stop_gradient(self.teacher.apply(frozen["teacher"], images, method=VQGAN.encode))
         latents, info = self.model.apply(params, images, rngs={"noise": rng}, method=TiTok.encode)
-        logits = self.model.apply(params, self.drop_tails(params, latents, rng), method=TiTok.decode)
+        logits, prefix_logits = self.decode_for_loss(params, latents, rng)
         cross_entropy = losses.proxy_code_cross_entropy(logits, codes)
         quantizer_loss, metrics = self.quantizer_terms(info)
+        if prefix_logits is not None:
+            prefix_cross_entropy = losses.proxy_code_cross_entropy(prefix_logits, codes)
+            metrics["prefix_proxy_cross_entropy"] = prefix_cross_entropy
+            cross_entropy = cross_entropy + self.model.token_dropout_prefix_weight * prefix_cross_entropy
         loss = cross_entropy + quantizer_loss
         metrics.update(
             loss=loss,
@@ -330,12 +344,23 @@ class PixelRecipe(TokenizerRecipe):
         if self.freeze_encoder:
             latents = jax.lax.stop_gradient(latents)
             info = {k: jax.lax.stop_gradient(v) for k, v in info.items()}
-        decoded = self.model.apply(params, self.drop_tails(params, latents, rng), method=TiTok.decode)
+        decoded, prefix_decoded = self.decode_for_loss(params, latents, rng)
         reconstruction = losses.reconstruction_l2(decoded, images)
         weights = self.loss_weights
         perceptual = jnp.zeros((), jnp.float32)
-        if self.perceptual_loss is not None and weights.perceptual_weight > 0:
+        with_perceptual = self.perceptual_loss is not None and weights.perceptual_weight > 0
+        if with_perceptual:
             perceptual = self.perceptual_loss(frozen["perceptual"], decoded, images)
+        prefix_metrics = {}
+        if prefix_decoded is not None:  # the prefixes' pixel terms, weighted; the GAN sees the full decode only
+            prefix_weight = self.model.token_dropout_prefix_weight
+            prefix_metrics["prefix_reconstruction_loss"] = losses.reconstruction_l2(prefix_decoded, images)
+            reconstruction = reconstruction + prefix_weight * prefix_metrics["prefix_reconstruction_loss"]
+            if with_perceptual:
+                prefix_metrics["prefix_perceptual_loss"] = self.perceptual_loss(
+                    frozen["perceptual"], prefix_decoded, images
+                )
+                perceptual = perceptual + prefix_weight * prefix_metrics["prefix_perceptual_loss"]
         adversarial = None
         if "discriminator" in frozen:  # only from the GAN's start step on
             fake_logits = self.discriminator.apply(frozen["discriminator"], decoded)
@@ -352,7 +377,7 @@ class PixelRecipe(TokenizerRecipe):
         if self.model.quantize_mode in DISCRETE_MODES:
             metrics.update(codebook_health(info["indices"], self.model.codebook_size))
             metrics.update({k: info[k] for k in CLUSTERING_STATS if k in info})
-        metrics["loss"] = loss
+        metrics.update(prefix_metrics, loss=loss)
         return loss, (metrics, jnp.clip(decoded, 0.0, 1.0))
 
     def phase(self, step: int) -> bool:

@@ -99,6 +99,47 @@ def test_one_compiled_step_serves_every_k():
     assert not np.array_equal(kept[0], kept[1])  # each step drew other counts, all through the one trace
 
 
+def test_the_full_pass_trains_the_full_code_and_the_weighted_prefix():
+    config = tiny_config("single_stage:tiny_vq_nested", **{"model.token_dropout_prefix_weight": 0.3})
+    assert config.model.token_dropout_full_pass
+    recipe, frozen = build_recipe(config)
+    mesh = sh.make_mesh(**config.mesh)
+    _, init, _ = create_train_state(recipe, config, mesh)
+    with jax.set_mesh(mesh):
+        params = jax.device_get(init().params)
+    images = jax.random.uniform(jax.random.PRNGKey(3), (8, 32, 32, 3))
+    rng = jax.random.PRNGKey(4)
+    _, (metrics, decoded) = recipe.loss(params, {"image": images}, rng, {**frozen, "step": jnp.int32(0)})
+
+    # By hand: all 16 tokens decoded, and the first k (k as the recipe draws it) with the rest masked.
+    model = recipe.model
+    latents, _ = model.apply(params, images, method=TiTok.encode)
+    kept = draw_num_kept(jax.random.fold_in(rng, 1), 8, 16, "uniform")
+    assert len(np.unique(np.asarray(kept))) > 2
+    full = model.apply(params, latents, method=TiTok.decode)
+    prefix = model.apply(params, model.apply(params, latents, kept, method=TiTok.keep_prefix), method=TiTok.decode)
+    full_l2, prefix_l2 = (float(jnp.mean(jnp.square(x - images))) for x in (full, prefix))
+    assert abs(full_l2 - prefix_l2) > 1e-5
+    np.testing.assert_allclose(float(metrics["prefix_reconstruction_loss"]), prefix_l2, rtol=1e-5)
+    weight = recipe.loss_weights.reconstruction_weight
+    np.testing.assert_allclose(float(metrics["reconstruction_loss"]), weight * (full_l2 + 0.3 * prefix_l2), rtol=1e-5)
+    np.testing.assert_allclose(decoded, np.clip(full, 0, 1), atol=1e-5)  # the grid shows the full decode
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"token_dropout": "none", "token_dropout_full_pass": True}, "token_dropout_full_pass is for variable-length"),
+        ({"token_dropout_prefix_weight": 0.0}, "token_dropout_prefix_weight=0.0 must be positive"),
+        ({"token_dropout_full_pass": False, "token_dropout_prefix_weight": 0.5}, "set token_dropout_full_pass=True"),
+    ],
+)
+def test_full_pass_settings_that_make_no_sense_are_refused(fields, message):
+    config = tiny_config("single_stage:tiny_vq_nested", **{f"model.{k}": v for k, v in fields.items()})
+    with pytest.raises(ValueError, match=message):
+        titok_from_config(config.model).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+
+
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_causal_latents_keep_earlier_tokens_independent_of_later_ones(scan_layers):
     config = tiny_config("single_stage:tiny_vae")
