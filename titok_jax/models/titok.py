@@ -584,7 +584,9 @@ def validate_fields(model: TiTok) -> None:
     if not 0.0 < model.token_dropout_rate <= 1.0:
         problems.append(f"token_dropout_rate={model.token_dropout_rate} must be in (0, 1]")
     if model.token_dropout_full_pass and model.token_dropout == "none":
-        problems.append("token_dropout_full_pass is for variable-length tokenizers: set token_dropout (uniform or pow2)")
+        problems.append(
+            "token_dropout_full_pass is for variable-length tokenizers: set token_dropout (uniform or pow2)"
+        )
     if not model.token_dropout_prefix_weight > 0:
         problems.append(f"token_dropout_prefix_weight={model.token_dropout_prefix_weight} must be positive")
     elif model.token_dropout_prefix_weight != 1.0 and not model.token_dropout_full_pass:
