@@ -21,7 +21,7 @@ import os
 import sys
 
 import numpy as np
-from tiny_runs import REPO, TOKENIZERS, Results, run, train_tokenizer
+from tiny_runs import REPO, TOKENIZERS, Results, report, run, train_tokenizer
 
 sys.path.insert(0, str(REPO))
 
@@ -111,9 +111,7 @@ def main() -> int:
             print(f"| seed {seed} | {row['masked_token_accuracy']:.3f} | {row['mode']:.3f} |")
             if not row["masked_token_accuracy"] > 1.3 * row["mode"]:
                 failures.append(f"seed {seed}: generator accuracy {row['masked_token_accuracy']:.3f} <= 1.3 x mode")
-    for failure in failures:
-        print("FAILED:", failure)
-    return 1 if failures else 0
+    return report(failures)
 
 
 if __name__ == "__main__":

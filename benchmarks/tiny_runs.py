@@ -53,3 +53,10 @@ class Results:
 
     def __getitem__(self, key: str) -> dict:
         return self.rows[key]
+
+
+def report(failures: list[str]) -> int:
+    """Print each failed claim -> the script's exit status (1 when any failed)."""
+    for failure in failures:
+        print("FAILED:", failure)
+    return 1 if failures else 0

@@ -21,7 +21,7 @@ import os
 import sys
 
 import numpy as np
-from tiny_runs import TOKENIZERS, Results, run, train_tokenizer
+from tiny_runs import TOKENIZERS, Results, report, run, train_tokenizer
 
 NESTED, WITHOUT = "tiny_vq_nested", "tiny_vq"
 
@@ -93,9 +93,7 @@ def main() -> int:
     print(f"k = K: {NESTED} {full:.4f} vs {WITHOUT} {baseline:.4f} ({full / baseline - 1:+.0%})")
     if full > baseline * (1 + args.tolerance):
         failures.append(f"k = K mean MSE {full:.4f} > {WITHOUT}'s {baseline:.4f} x {1 + args.tolerance}")
-    for failure in failures:
-        print("FAILED:", failure)
-    return 1 if failures else 0
+    return report(failures)
 
 
 if __name__ == "__main__":
