@@ -73,6 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         fsq_levels=(),
         bsq_group_size=0,
         entropy_temperature=0.01,
+        entropy_sample_weight=1.0,  # LFQ: entropy = sample_weight x H(token) - codebook_weight x H(codebook)
+        entropy_codebook_weight=1.0,  # (MaskBit's entropy_gamma)
         legacy_two_stage=False,
         with_pixel_decoder=False,
         dtype="float32",

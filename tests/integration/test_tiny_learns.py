@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +56,9 @@ def _run(*args, console=None):
     `console`, a list, receives the lines the command wrote to stderr."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     command = [sys.executable, "-m", *args]
+    start = time.perf_counter()
     result = subprocess.run(command, cwd=EXPERIMENTS.parent, env=env, capture_output=True, text=True, timeout=900)
+    print(f"{args[0]} took {time.perf_counter() - start:.0f} s")  # where the suite's slowest test spends its time
     assert result.returncode == 0, result.stderr[-3000:]
     if console is not None:
         console.extend(line for line in result.stderr.splitlines() if line.strip())

@@ -306,6 +306,11 @@ class TiTok(nn.Module):
     fsq_levels: Sequence[int] = ()
     bsq_group_size: int = 0
     entropy_temperature: float = 0.01
+    # LFQ's entropy_loss = sample_weight * H(each token's code distribution) - codebook_weight * H(the batch's
+    # mean distribution); MaskBit's entropy_gamma is the codebook weight. The recipe scales the whole term by
+    # losses.entropy_weight on its warm-up schedule.
+    entropy_sample_weight: float = 1.0
+    entropy_codebook_weight: float = 1.0
     # Released two-stage form: encoder reshape quirk + proxy-code head.
     legacy_two_stage: bool = True
     proxy_codebook_size: int = 1024
@@ -378,7 +383,13 @@ class TiTok(nn.Module):
         elif self.quantize_mode == "fsq":
             self.quantize = FSQ(tuple(self.fsq_levels))
         elif self.quantize_mode == "lfq":
-            self.quantize = LFQ(self.token_size, self.commitment_cost, self.entropy_temperature)
+            self.quantize = LFQ(
+                self.token_size,
+                self.commitment_cost,
+                self.entropy_temperature,
+                sample_weight=self.entropy_sample_weight,
+                batch_weight=self.entropy_codebook_weight,
+            )
         elif self.quantize_mode == "bsq":
             self.quantize = BSQ(self.token_size, self.bsq_group_size, self.commitment_cost)
         else:

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from train_helpers import tiny_config
 
 from titok_jax import losses
 from titok_jax.models.scalar_quantizers import (
@@ -21,6 +22,7 @@ from titok_jax.models.scalar_quantizers import (
     fsq_indices_to_codes,
     lfq_entropy_terms,
 )
+from titok_jax.models.titok import TiTok, titok_from_config
 
 
 # ---- FSQ ----------------------------------------------------------------------------------------------------
@@ -277,3 +279,17 @@ def test_bsq_commitment_and_straight_through_gradient():
     grad = jax.grad(lambda x: jnp.sum(w * bsq.apply({}, x)[0]))(z)
     u = np.array([0.6, 0.8])
     np.testing.assert_allclose(grad[0], (np.array([1.0, -1.0]) - u * (u @ np.array([1.0, -1.0]))) / 5.0, rtol=1e-5)
+
+
+def test_titok_passes_its_entropy_weights_to_lfq():
+    """model.entropy_sample_weight / entropy_codebook_weight (MaskBit's entropy_gamma) reach the LFQ module."""
+    config = tiny_config("single_stage:tiny_lfq")
+    config.model.update(entropy_sample_weight=0.5, entropy_codebook_weight=2.0)
+    model = titok_from_config(config.model)
+    images = jax.random.uniform(jax.random.PRNGKey(1), (4, 32, 32, 3))
+    variables = model.init(jax.random.PRNGKey(0), images[:1])
+    _, info = model.apply(variables, images, sample_posterior=True, method=TiTok.encode)
+    assert info["per_sample_entropy"] > 0.01 and info["codebook_entropy"] > 0.01
+    np.testing.assert_allclose(
+        info["entropy_loss"], 0.5 * info["per_sample_entropy"] - 2.0 * info["codebook_entropy"], rtol=1e-5
+    )
